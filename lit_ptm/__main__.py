@@ -1,0 +1,3 @@
+from lit_ptm.cli import main
+
+main()

@@ -1,0 +1,3 @@
+from lit_ptm.data.datamodule import PretrainDataModule
+
+__all__ = ["PretrainDataModule"]

@@ -1,0 +1,12 @@
+"""Collators: each objective's corruption as a pure function of (ids, boundaries, random numbers).
+
+The batch-level callables here pad a list of windows and derive each sample's random stream from
+(seed, epoch, sample index), so a batch is the same whichever worker builds it and whenever a
+resumed run rebuilds it. The corruption itself is vectorised over the whole batch.
+"""
+
+from lit_ptm.data.collate.common import pad_windows, sample_noise, sample_seed
+from lit_ptm.data.collate.causal import CausalLMCollator
+from lit_ptm.data.collate.masking import MLMCollator, mask_tokens
+
+__all__ = ["CausalLMCollator", "MLMCollator", "mask_tokens", "pad_windows", "sample_noise", "sample_seed"]

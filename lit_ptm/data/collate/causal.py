@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import torch
+
+from lit_ptm.data.collate.common import pad_windows, segment_positions
+from lit_ptm.tokenizer import SpecialIds
+
+
+class CausalLMCollator:
+    """Next-token prediction: windows of L + 1 tokens become inputs [B, L] and labels [B, L].
+
+    With ``isolate_documents`` each token attends only within its own document and position ids
+    restart at each document (``segment_ids`` / ``position_ids`` in the batch).
+    """
+
+    def __init__(self, ids: SpecialIds, isolate_documents: bool = True):
+        self.ids, self.isolate_documents = ids, isolate_documents
+
+    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        ids = pad_windows(samples, "ids", self.ids.pad)
+        lengths = torch.tensor([len(s["ids"]) for s in samples])
+        real = torch.arange(ids.size(1)) < lengths[:, None]
+        labels = ids[:, 1:].masked_fill(~real[:, 1:], -100)
+        batch = {"input_ids": ids[:, :-1], "labels": labels}
+        if not real.all():
+            batch["attention_mask"] = real[:, :-1]
+        if self.isolate_documents:
+            segment = pad_windows(samples, "segment", -1)[:, :-1]
+            if (segment != segment[:, :1]).any():
+                batch["segment_ids"] = segment
+                batch["position_ids"] = segment_positions(segment)
+        return batch

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import torch
+
+_MASK64 = (1 << 64) - 1
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed from (seed, epoch, index) (splitmix64 finaliser)."""
+    x = (seed * 0x9E3779B97F4A7C15 + (epoch + 1) * 0xBF58476D1CE4E5B9 + (index + 1) * 0x94D049BB133111EB) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (x ^ (x >> 31)) & ((1 << 63) - 1)
+
+
+def sample_noise(samples: list[dict], seed: int, rows: int, length: int) -> torch.Tensor:
+    """Uniform noise [B, rows, length], row block b drawn from sample b's own generator."""
+    g = torch.Generator()
+    out = torch.empty(len(samples), rows, length)
+    for b, s in enumerate(samples):
+        g.manual_seed(sample_seed(seed, s["epoch"], s["index"]))
+        torch.rand(rows, length, generator=g, out=out[b])
+    return out
+
+
+def pad_windows(samples: list[dict], key: str, value: int, length: int | None = None) -> torch.Tensor:
+    """Stack the 1-D tensors ``samples[i][key]`` into [B, L], right-padded with ``value``."""
+    length = length or max(len(s[key]) for s in samples)
+    out = torch.full((len(samples), length), value, dtype=samples[0][key].dtype)
+    for b, s in enumerate(samples):
+        out[b, : len(s[key])] = s[key]
+    return out
+
+
+def segment_positions(segment: torch.Tensor) -> torch.Tensor:
+    """Position ids that restart at 0 where a new document starts in a packed window. [B, L] -> [B, L]"""
+    arange = torch.arange(segment.size(1)).expand_as(segment)
+    starts = torch.ones_like(segment, dtype=torch.bool)
+    starts[:, 1:] = segment[:, 1:] != segment[:, :-1]
+    return arange - torch.where(starts, arange, 0).cummax(dim=1).values

@@ -1,0 +1,226 @@
+"""PretrainDataModule: corpus -> tokenizer -> token store -> document split -> windows -> batches."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from torch.utils.data import BatchSampler, DataLoader
+
+from lit_ptm.data.builtin import write_builtin_corpus
+from lit_ptm.data.corpus import CorpusError, iter_documents, resolve_files
+from lit_ptm.data.sampling import PACKING_MODES, ResumableSampler, WindowDataset, build_windows
+from lit_ptm.data.store import TokenStore, file_lock, files_fingerprint, open_store
+from lit_ptm.tokenizer import Tokenizer, train_tokenizer
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LIT_PTM_CACHE", Path.home() / ".cache" / "lit_ptm"))
+
+
+class PretrainDataModule(L.LightningDataModule):
+    """Pretraining data for any objective; the objective chooses the packing and the collator.
+
+    Args:
+        train_files: corpus files or globs (plain text: one sentence a line, blank line between
+            documents; or JSONL with a ``text_field``). None: the built-in corpus.
+        val_files, test_files: held-out files; None: hold out ``val_fraction`` / ``test_fraction``
+            of the training documents (split by document, never inside one).
+        tokenizer: a tokenizer.json to use; None: train a ``tokenizer_kind`` tokenizer of
+            ``vocab_size`` on the training files (cached).
+        seq_length: model input length of a window, special tokens included.
+        packing: contiguous (GPT) | full_sentences | doc_sentences (RoBERTa); None: the objective's choice.
+        cross_document_attention: let packed windows attend across document boundaries (RoBERTa's
+            FULL-SENTENCES); by default each token sees only its own document.
+        decode_errors: fail | skip, for bytes that are not UTF-8.
+        seed: data order and corruption (masks) derive from (seed, epoch, sample index).
+    """
+
+    def __init__(
+        self,
+        train_files: list[str] | str | None = None,
+        val_files: list[str] | str | None = None,
+        test_files: list[str] | str | None = None,
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
+        tokenizer: str | None = None,
+        tokenizer_kind: str = "wordpiece",
+        vocab_size: int = 30522,
+        lowercase: bool = True,
+        seq_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        packing: str | None = None,
+        cross_document_attention: bool = False,
+        num_workers: int = 2,
+        decode_errors: str = "fail",
+        text_field: str = "text",
+        cache_dir: str | None = None,
+        seed: int = 1234,
+    ):
+        super().__init__()
+        if packing is not None and packing not in PACKING_MODES:
+            raise ValueError(f"data.packing={packing!r} is not one of {', '.join(PACKING_MODES)}")
+        for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 <= value < 0.5:
+                raise ValueError(f"data.{key}={value} must be in [0, 0.5)")
+        if seq_length < 4:
+            raise ValueError(f"data.seq_length={seq_length} is too short")
+        self.train_files, self.val_files, self.test_files = train_files, val_files, test_files
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.tokenizer_path, self.tokenizer_kind, self.vocab_size, self.lowercase = tokenizer, tokenizer_kind, vocab_size, lowercase
+        self.seq_length, self.batch_size = seq_length, batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.packing, self.cross_document_attention = packing, cross_document_attention
+        self.num_workers, self.decode_errors, self.text_field = num_workers, decode_errors, text_field
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.seed = seed
+        self.tokenizer: Tokenizer | None = None
+        self.datasets: dict[str, WindowDataset] = {}
+        self._resume: dict | None = None
+        self._train_sampler: ResumableSampler | None = None
+
+    # -- corpus and tokenizer -------------------------------------------------------------------
+    def _files(self, which: str) -> list[Path] | None:
+        patterns = getattr(self, f"{which}_files")
+        if patterns is None:
+            if which != "train":
+                return None
+            with file_lock(self.cache_dir / "builtin.lock"):
+                path = self.cache_dir / "builtin_corpus.txt"
+                if not path.is_file():
+                    write_builtin_corpus(path)
+            return [path]
+        return resolve_files(patterns, key=f"data.{which}_files")
+
+    def _load_tokenizer(self, train_files: list[Path]) -> Tokenizer:
+        if self.tokenizer_path is not None:
+            return Tokenizer.load(self.tokenizer_path)
+        key = hashlib.sha256(
+            f"{files_fingerprint(train_files)}|{self.tokenizer_kind}|{self.vocab_size}|{self.lowercase}|{self.decode_errors}".encode()
+        ).hexdigest()[:20]
+        path = self.cache_dir / "tokenizers" / f"{key}.json"
+        with file_lock(path.with_suffix(".lock")):
+            if not path.is_file():
+                sentences = (s for f in train_files for doc in iter_documents(f, self.decode_errors, self.text_field) for s in doc)
+                train_tokenizer(sentences, self.tokenizer_kind, self.vocab_size, self.lowercase).save(path)
+        return Tokenizer.load(path)
+
+    # -- Lightning hooks ------------------------------------------------------------------------
+    def _packing(self) -> str:
+        if self.packing is not None:
+            return self.packing
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return getattr(module, "packing", "contiguous")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is not None and self.datasets:
+            return
+        train_files = self._files("train")
+        self.tokenizer = self._load_tokenizer(train_files)
+        store = self._open(train_files)
+        held_out = {which: self._files(which) for which in ("val", "test")}
+        docs = self._split(store, held_out)
+        mode = self._packing()
+        # Contiguous windows are L + 1 tokens: inputs and labels shifted by one.
+        for split, (split_store, doc_ids) in docs.items():
+            windows = build_windows(mode, split_store, doc_ids, self.seq_length, self.tokenizer.ids)
+            if len(windows) == 0:
+                raise CorpusError(f"the {split} split holds too little text for one window of data.seq_length={self.seq_length}")
+            self.datasets[split] = WindowDataset(windows)
+        if self.trainer is not None and self.trainer.is_global_zero and self.trainer.default_root_dir:
+            self.tokenizer.save(Path(self.trainer.default_root_dir) / "tokenizer.json")
+
+    def _open(self, files: list[Path]) -> TokenStore:
+        return open_store(files, self.tokenizer, self.cache_dir, self.decode_errors, self.text_field)
+
+    def _split(self, store: TokenStore, held_out: dict) -> dict[str, tuple[TokenStore, np.ndarray]]:
+        """Train / val / test by document: held-out files, or a seeded share of the training documents."""
+        order = np.random.default_rng(self.seed).permutation(store.num_docs)
+        taken, splits = 0, {}
+        for which in ("val", "test"):
+            if held_out[which] is not None:
+                other = self._open(held_out[which])
+                splits[which] = (other, np.arange(other.num_docs))
+                continue
+            n = int(round(getattr(self, f"{which}_fraction") * store.num_docs))
+            if getattr(self, f"{which}_fraction") > 0:
+                n = max(1, n)
+            splits[which] = (store, np.sort(order[taken : taken + n]))
+            taken += n
+        if taken >= store.num_docs:
+            raise CorpusError(
+                f"the corpus has {store.num_docs} document(s): too few to hold out validation and test documents "
+                "(give data.val_files / data.test_files, or lower data.val_fraction / data.test_fraction)"
+            )
+        return {"train": (store, np.sort(order[taken:])), **splits}
+
+    def _loader(self, split: str, sampler: ResumableSampler, batch_size: int) -> DataLoader:
+        module = self.trainer.lightning_module
+        isolate = not self.cross_document_attention
+        collate = module.collator(self.tokenizer.ids, self.seed, isolate)
+        return DataLoader(
+            self.datasets[split], batch_sampler=BatchSampler(sampler, batch_size, drop_last=split == "train"),
+            collate_fn=collate, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            pin_memory=self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator",
+        )
+
+    def _rank(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank()
+        n = len(self.datasets["train"])
+        if n < world * self.batch_size:
+            raise CorpusError(
+                f"the training split has {n} windows: fewer than one batch per device "
+                f"(data.batch_size={self.batch_size} x {world} devices)"
+            )
+        self._train_sampler = ResumableSampler(n, self.seed, shuffle=True, rank=rank, world_size=world, drop_last=True)
+        if self._resume is not None:
+            self._apply_resume(self._resume)
+            self._resume = None
+        return self._loader("train", self._train_sampler, self.batch_size)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        rank, world = self._rank()
+        # A fixed epoch: validation masks are the same at every evaluation, so losses compare.
+        sampler = ResumableSampler(len(self.datasets[split]), self.seed, shuffle=False, rank=rank, world_size=world, drop_last=False)
+        return self._loader(split, sampler, self.eval_batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    # -- exact resume -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """What the sampler consumed: saved in every checkpoint, so a resumed run continues with the next batch."""
+        if self.trainer is None or self._train_sampler is None:
+            return {}
+        loop = self.trainer.fit_loop
+        return {
+            "epoch": loop.epoch_progress.current.processed,
+            "batches": loop.epoch_loop.batch_progress.current.processed,
+            "batch_size": self.batch_size,
+            "world_size": self.trainer.world_size,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = state or None
+
+    def _apply_resume(self, state: dict) -> None:
+        _, world = self._rank()
+        consumed = state["batches"] * state["batch_size"] * state["world_size"]  # samples, over all ranks
+        if state["batch_size"] != self.batch_size or state["world_size"] != world:
+            warnings.warn(
+                f"resuming with batch size {self.batch_size} x {world} devices where the checkpoint used "
+                f"{state['batch_size']} x {state['world_size']}: the run skips the samples consumed, but the order of the "
+                "rest of the epoch differs from an uninterrupted run"
+            )
+        self._train_sampler.resume(state["epoch"], consumed // world)

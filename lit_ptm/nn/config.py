@@ -1,0 +1,74 @@
+"""ModelConfig: one dataclass whose flags express every architecture the stack builds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+NORM_POSITIONS = ("post", "pre")
+POSITION_EMBEDDINGS = ("learned", "none")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes and flags of the shared Transformer stack.
+
+    The defaults are BERT-base (post-LN, GELU, learned positions, tied MLM head with a transform).
+    GPT-2 is ``norm_position: pre, final_norm: true, embedding_norm: false, norm_eps: 1e-5,
+    activation: gelu_tanh, lm_head_transform: false, lm_head_bias: false, scale_residual_init: true``.
+    """
+
+    vocab_size: int | None = None  # None: the tokenizer's vocabulary size
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int | None = None  # None: 4 * hidden_size
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 0  # segment (token type) embeddings; 0: none
+    position_embedding: str = "learned"  # learned | none
+    norm_position: str = "post"  # post (BERT: norm after the residual add) | pre (GPT-2)
+    norm_eps: float = 1e-12
+    embedding_norm: bool = True  # LayerNorm on the summed embeddings (BERT)
+    final_norm: bool = False  # LayerNorm after the last block (pre-LN stacks)
+    activation: str = "gelu"  # gelu | gelu_tanh | relu | silu
+    bias: bool = True  # biases in attention and feed-forward projections
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    causal: bool = False  # decoder mode (set by causal objectives)
+    tie_word_embeddings: bool = True
+    lm_head_transform: bool = True  # dense + activation + LayerNorm before the output projection (BERT)
+    lm_head_bias: bool = True
+    init_std: float = 0.02
+    scale_residual_init: bool = False  # GPT-2: residual output projections get std / sqrt(2 * num_layers)
+
+    def __post_init__(self):
+        def bad(key, why):
+            raise ValueError(f"model.config.{key}={getattr(self, key)!r}: {why}")
+
+        for key in ("hidden_size", "num_layers", "num_heads", "max_position_embeddings"):
+            if getattr(self, key) < 1:
+                bad(key, "must be positive")
+        if self.vocab_size is not None and self.vocab_size < 1:
+            bad("vocab_size", "must be positive")
+        if self.hidden_size % self.num_heads:
+            bad("hidden_size", f"is not divisible by num_heads={self.num_heads}")
+        if self.activation not in ACTIVATIONS:
+            bad("activation", f"is not one of {', '.join(ACTIVATIONS)}")
+        if self.norm_position not in NORM_POSITIONS:
+            bad("norm_position", f"is not one of {', '.join(NORM_POSITIONS)}")
+        if self.position_embedding not in POSITION_EMBEDDINGS:
+            bad("position_embedding", f"is not one of {', '.join(POSITION_EMBEDDINGS)}")
+        for key in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                bad(key, "must be in [0, 1)")
+
+    @property
+    def ffn_size(self) -> int:
+        return self.intermediate_size or 4 * self.hidden_size
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

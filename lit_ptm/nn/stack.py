@@ -1,0 +1,84 @@
+"""The shared stack: embeddings + blocks (+ final norm), in encoder (bidirectional) or decoder (causal) mode."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lit_ptm.nn.attention import attention_mask as build_attention_mask
+from lit_ptm.nn.config import ModelConfig
+from lit_ptm.nn.layers import Block
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.max_positions = config.max_position_embeddings
+        self.tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.positions = (
+            nn.Embedding(config.max_position_embeddings, config.hidden_size)
+            if config.position_embedding == "learned" else None
+        )
+        self.token_types = nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size else None
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps) if config.embedding_norm else None
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, input_ids, position_ids=None, token_type_ids=None) -> torch.Tensor:
+        T = input_ids.size(1)
+        if T > self.max_positions:
+            raise ValueError(
+                f"sequence length {T} exceeds model.config.max_position_embeddings={self.max_positions}; "
+                "lower data.seq_length or raise max_position_embeddings"
+            )
+        x = self.tokens(input_ids)  # (B, T, H)
+        if self.positions is not None:
+            x = x + (self.positions.weight[:T] if position_ids is None else self.positions(position_ids))
+        if self.token_types is not None and token_type_ids is not None:
+            x = x + self.token_types(token_type_ids)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.dropout(x)
+
+
+class Transformer(nn.Module):
+    """Token ids -> hidden states (B, T, H). Knows nothing of objectives."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.vocab_size is None:
+            raise ValueError("model.config.vocab_size is not set (it is taken from the tokenizer when training)")
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps) if config.final_norm else None
+        self.apply(self._init_weights)
+        if config.scale_residual_init:
+            for block in self.blocks:
+                for proj in (block.attention.out, block.ffn.down):
+                    nn.init.normal_(proj.weight, std=config.init_std / math.sqrt(2 * config.num_layers))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids [B, T]; attention_mask [B, T] (True/1 = real token); segment_ids [B, T] confine
+        attention to packed documents. Returns hidden states [B, T, H]."""
+        causal = self.config.causal
+        key_padding = attention_mask.bool() if attention_mask is not None else None
+        mask = build_attention_mask(causal, input_ids.size(1), key_padding, segment_ids)
+        x = self.embeddings(input_ids, position_ids, token_type_ids)
+        for block in self.blocks:
+            x = block(x, mask, causal)
+        return self.final_norm(x) if self.final_norm is not None else x
+

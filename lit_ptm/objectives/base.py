@@ -1,0 +1,214 @@
+"""The shared LightningModule base: model building, optimizer and schedule, logging, checkpoint checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from lit_ptm.nn import ModelConfig, Transformer
+from lit_ptm.tokenizer import SpecialIds
+
+CHECKPOINT_FORMAT = 1
+SCHEDULES = ("linear", "cosine", "constant")
+
+
+class CheckpointMismatchError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup, then linear or cosine decay to ``min_lr_ratio * lr``, stepped per optimizer step."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.01  # never applied to biases and norm weights
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 10_000
+    schedule: str = "linear"  # linear | cosine | constant
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"model.optim.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if self.lr <= 0:
+            raise ValueError(f"model.optim.lr={self.lr} must be positive")
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    decay = 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_ratio + (1.0 - min_ratio) * decay
+
+
+class PretrainObjective(L.LightningModule):
+    """Base of every objective: owns the stack (``self.transformer``), the optimizer and the logging.
+
+    Subclasses set ``packing`` (the window builder they want), build their heads in ``build_heads``,
+    pair a collator with them in ``collator`` and compute ``loss_parts``.
+    """
+
+    packing = "contiguous"
+    causal = False
+
+    def __init__(self, config: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig()):
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = dataclasses.replace(config, causal=self.causal)
+        self.optim = optim
+        self.transformer: Transformer | None = None
+        self._last_step_time: float | None = None
+        if config.vocab_size is not None:  # e.g. loaded from a checkpoint: build right away
+            self.configure_model()
+
+    # -- building -------------------------------------------------------------------------------
+    def _datamodule(self):
+        trainer = self._trainer
+        return getattr(trainer, "datamodule", None) if trainer is not None else None
+
+    def configure_model(self) -> None:
+        if self.transformer is not None:
+            return
+        dm = self._datamodule()
+        tokenizer = getattr(dm, "tokenizer", None)
+        if tokenizer is not None:
+            if self.config.vocab_size not in (None, tokenizer.vocab_size):
+                raise CheckpointMismatchError(
+                    f"model.config.vocab_size={self.config.vocab_size} does not match the tokenizer "
+                    f"({tokenizer.source}, {tokenizer.vocab_size} tokens)"
+                )
+            self.config = dataclasses.replace(self.config, vocab_size=tokenizer.vocab_size)
+                # Record the resolved size, so that the checkpoint's hyper-parameters rebuild the same model.
+            hp = self.hparams["config"]  # a dict when LightningCLI instantiated us, else a ModelConfig
+            if isinstance(hp, dict):
+                hp["vocab_size"] = tokenizer.vocab_size
+            else:
+                self.hparams["config"] = dataclasses.replace(hp, vocab_size=tokenizer.vocab_size)
+        if dm is not None and getattr(dm, "seq_length", None) and dm.seq_length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"data.seq_length={dm.seq_length} exceeds model.config.max_position_embeddings="
+                f"{self.config.max_position_embeddings}"
+            )
+        self.transformer = Transformer(self.config)
+        self.build_heads()
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+
+    def build_heads(self) -> None:
+        raise NotImplementedError
+
+    def collator(self, ids: SpecialIds, seed: int, isolate_documents: bool):
+        raise NotImplementedError
+
+    # -- steps ----------------------------------------------------------------------------------
+    def loss_parts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Returns at least ``loss`` (mean over predicted tokens) and ``num_predicted``."""
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx):
+        parts = self.loss_parts(batch)
+        self.log("train/loss", parts["loss"], prog_bar=True)
+        self.log_extra("train", parts, batch)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        self._tokens_in_step = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        return parts["loss"]
+
+    def log_extra(self, split: str, parts: dict, batch: dict) -> None:
+        """Objective-specific metrics (accuracies, loss parts)."""
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        now = time.perf_counter()
+        if self._last_step_time is not None:
+            tokens = self._tokens_in_step * self.trainer.world_size
+            self.log("train/tokens_per_sec", tokens / max(now - self._last_step_time, 1e-9), prog_bar=True)
+        self._last_step_time = now
+
+    def on_train_epoch_start(self):
+        self._last_step_time = None
+
+    def _eval_step(self, split: str, batch):
+        parts = self.loss_parts(batch)
+        metric = self.val_loss if split == "val" else self.test_loss
+        metric.update(parts["loss"].detach(), weight=parts["num_predicted"])
+        self.log_extra(split, parts, batch)
+
+    def _eval_epoch_end(self, split: str):
+        metric = self.val_loss if split == "val" else self.test_loss
+        loss = metric.compute()
+        metric.reset()
+        self.log(f"{split}/loss", loss, prog_bar=split == "val", sync_dist=False)
+        self.log(f"{split}/ppl", torch.exp(loss.clamp(max=50)))
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self):
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self):
+        self._eval_epoch_end("test")
+
+    # -- optimization ---------------------------------------------------------------------------
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            # Biases and norm weights (all 1-D parameters) are not decayed; embeddings and matrices are.
+            (no_decay if p.ndim < 2 else decay).append(p)
+        o = self.optim
+        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        fused = all(p.dtype.is_floating_point for p in decay + no_decay)
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, o.warmup_steps, total, o.schedule, o.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        dm = self._datamodule()
+        tokenizer = getattr(dm, "tokenizer", None)
+        checkpoint["lit_ptm"] = {
+            "format": CHECKPOINT_FORMAT,
+            "objective": type(self).__name__,
+            "model_config": self.config.to_dict(),
+            "tokenizer_sha": tokenizer.sha if tokenizer is not None else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = checkpoint.get("lit_ptm")
+        if meta is None:
+            raise CheckpointMismatchError("the checkpoint was not written by lit_ptm (no 'lit_ptm' entry)")
+        if meta["objective"] != type(self).__name__:
+            raise CheckpointMismatchError(
+                f"the checkpoint holds a {meta['objective']} model, but this run's objective is {type(self).__name__} "
+                f"(choose the matching --config, or start a new run from its weights)"
+            )
+        tokenizer = getattr(self._datamodule(), "tokenizer", None)
+        if tokenizer is not None and meta["tokenizer_sha"] not in (None, tokenizer.sha):
+            raise CheckpointMismatchError(
+                f"the checkpoint was trained with another tokenizer (sha {meta['tokenizer_sha']}, vocabulary "
+                f"{meta['model_config']['vocab_size']}) than this run's {tokenizer.source} (sha {tokenizer.sha}, "
+                f"vocabulary {tokenizer.vocab_size}); pass the run's tokenizer.json as data.tokenizer"
+            )
+        for key in ("vocab_size", "hidden_size", "num_layers", "num_heads"):
+            ours = getattr(self.config, key)
+            if meta["model_config"][key] != ours:
+                raise CheckpointMismatchError(
+                    f"the checkpoint's model.config.{key}={meta['model_config'][key]} differs from this run's {ours}"
+                )

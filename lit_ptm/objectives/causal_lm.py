@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lit_ptm.data.collate import CausalLMCollator
+from lit_ptm.nn import LMHead
+from lit_ptm.objectives.base import PretrainObjective
+
+
+class CausalLM(PretrainObjective):
+    """GPT: next-token prediction over contiguous packed windows, in decoder (causal) mode."""
+
+    packing = "contiguous"
+    causal = True
+
+    def build_heads(self) -> None:
+        self.lm_head = LMHead(self.config, self.transformer.embeddings.tokens)
+
+    def collator(self, ids, seed, isolate_documents):
+        return CausalLMCollator(ids, isolate_documents=isolate_documents)
+
+    def forward(self, input_ids, **kw) -> torch.Tensor:
+        """Logits [B, T, V] at every position (for generation and inspection)."""
+        return self.lm_head(self.transformer(input_ids, **kw))
+
+    def loss_parts(self, batch):
+        hidden = self.transformer(
+            batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"), segment_ids=batch.get("segment_ids")
+        )  # (B, T, H)
+        labels = batch["labels"]
+        predicted = labels != -100
+        if predicted.all():  # packed windows: no padding, skip the gather
+            logits, targets = self.lm_head(hidden.flatten(0, 1)), labels.flatten()
+        else:
+            logits, targets = self.lm_head(hidden[predicted]), labels[predicted]
+        loss = F.cross_entropy(logits.float(), targets)
+        return {"loss": loss, "num_predicted": targets.numel()}
