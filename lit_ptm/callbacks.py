@@ -57,7 +57,7 @@ class RunCheckpoint(ModelCheckpoint):
 
     def _save_last(self, trainer) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
-            trainer.save_checkpoint(os.path.join(self.dirpath, "last.ckpt"))
+            trainer.save_checkpoint(os.path.join(self.dirpath, "last.ckpt"), weights_only=False)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

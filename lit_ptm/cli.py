@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -30,8 +31,10 @@ class LitPtmCLI(LightningCLI):
             }
 
 
-def main(args: list[str] | None = None) -> None:
-    LitPtmCLI(
+def main(args: list[str] | None = None, run: bool = True) -> LitPtmCLI:
+    # The run directory deliberately holds config.yaml and tokenizer.json beside the checkpoints.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    return LitPtmCLI(
         PretrainObjective,
         PretrainDataModule,
         subclass_mode_model=True,
@@ -40,6 +43,7 @@ def main(args: list[str] | None = None) -> None:
         trainer_defaults={"use_distributed_sampler": False},
         parser_kwargs={"default_env": False},
         args=args,
+        run=run,
     )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import BatchSampler, DataLoader
 
 from lit_ptm.data.builtin import write_builtin_corpus
@@ -167,6 +168,9 @@ class PretrainDataModule(L.LightningDataModule):
             self.datasets[split], batch_sampler=BatchSampler(sampler, batch_size, drop_last=split == "train"),
             collate_fn=collate, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
             pin_memory=self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator",
+            # Its own generator: creating an iterator must not draw from the global RNG (dropout's),
+            # or a resumed run would see a different dropout stream than an uninterrupted one.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def _rank(self) -> tuple[int, int]:

@@ -188,6 +188,9 @@ class PretrainObjective(L.LightningModule):
             "objective": type(self).__name__,
             "model_config": self.config.to_dict(),
             "tokenizer_sha": tokenizer.sha if tokenizer is not None else None,
+            # Dropout draws from the global generator: restoring it makes a resumed run exact.
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -212,3 +215,7 @@ class PretrainObjective(L.LightningModule):
                 raise CheckpointMismatchError(
                     f"the checkpoint's model.config.{key}={meta['model_config'][key]} differs from this run's {ours}"
                 )
+        if meta.get("rng_cpu") is not None:
+            torch.set_rng_state(meta["rng_cpu"])
+        if meta.get("rng_cuda") is not None and torch.cuda.is_available() and len(meta["rng_cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(meta["rng_cuda"])

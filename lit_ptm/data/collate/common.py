@@ -14,12 +14,13 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 def sample_noise(samples: list[dict], seed: int, rows: int, length: int) -> torch.Tensor:
-    """Uniform noise [B, rows, length], row block b drawn from sample b's own generator."""
+    """Uniform noise [B, rows, length]: sample b's block is drawn from its own generator at the
+    sample's own length (padding gets 1.0), so it does not depend on what else is in the batch."""
     g = torch.Generator()
-    out = torch.empty(len(samples), rows, length)
+    out = torch.ones(len(samples), rows, length)
     for b, s in enumerate(samples):
         g.manual_seed(sample_seed(seed, s["epoch"], s["index"]))
-        torch.rand(rows, length, generator=g, out=out[b])
+        out[b, :, : len(s["ids"])] = torch.rand(rows, len(s["ids"]), generator=g)
     return out
 
 

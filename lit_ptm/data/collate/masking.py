@@ -17,9 +17,9 @@ def mask_tokens(
 
     input_ids [B, L]; protected [B, L] True for special tokens and padding (never selected);
     noise [B, 3, L] uniform in [0, 1): selection scores, 80/10/10 draws, random-token draws;
-    word_start [B, L] True where a word starts: when given, whole words are selected together
-    (in random word order, while the masked-token count stays within the budget; the first word is
-    always taken). Returns (corrupted ids, labels with -100 where not selected).
+    word_start [B, L] True where a word starts: when given, whole words are selected together,
+    in random word order, while the count is nearer the budget with the next word than without
+    it (the first word is always taken). Returns (corrupted ids, labels with -100 where not selected).
     """
     candidate = ~protected
     n = candidate.sum(1)
@@ -39,9 +39,13 @@ def mask_tokens(
         word_index = starts.long().cumsum(1) - 1
         # Tokens selected so far when the whole word is in: the count at its last token.
         word_total = torch.zeros_like(score).scatter_reduce(1, word_index, counted, "amax", include_self=True)
-        token_total = word_total.gather(1, word_index)
+        word_size = torch.zeros_like(score).scatter_add_(1, word_index, candidate.float())
+        token_total, token_word_size = word_total.gather(1, word_index), word_size.gather(1, word_index)
+        # Take words while the budget is closer with the word than without it (its midpoint is within
+        # budget), so the masked count is the nearest to round(p * n) that whole words allow.
+        within = token_total - token_word_size / 2 <= budget[:, None].float()
         first_word = token_total.masked_fill(~candidate, float("inf")).min(dim=1, keepdim=True).values
-        selected = candidate & (token_total <= torch.maximum(budget[:, None].float(), first_word))
+        selected = candidate & (within | (token_total <= first_word))
     decision = noise[:, 1]
     to_mask = selected & (decision < mask_ratio)
     to_random = selected & (decision >= mask_ratio) & (decision < mask_ratio + random_ratio)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache for the session: the built-in corpus, tokenizers and stores are built once."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["LIT_PTM_CACHE"] = str(path)
+    return path
+
+
+def write_corpus(path: Path, n_docs: int = 40, seed: int = 0, sentences=(3, 8)) -> Path:
+    """A small synthetic text corpus: documents of sentences over a 300-word vocabulary."""
+    import random
+
+    rng = random.Random(seed)
+    words = [f"w{i}" + "abcdefghij"[i % 10] * (1 + i % 4) for i in range(300)]
+    docs = []
+    for _ in range(n_docs):
+        sents = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 14))) + "." for _ in range(rng.randint(*sentences))]
+        docs.append("\n".join(sents))
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return path
+
+
+def write_jsonl(path: Path, texts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
+def run_cli(args: list[str]):
+    """Run ``lit-ptm`` in this process; returns the LightningCLI (trainer, model, datamodule)."""
+    from lit_ptm.cli import main
+
+    return main([*args])
+
+
+def run_module(args: list[str], env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m lit_ptm`` as a subprocess (for DDP and error-exit tests)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "lit_ptm", *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def tiny_args(objective: str, root: Path, *extra: str) -> list[str]:
+    return [
+        "--config", str(CONFIGS / f"{objective}.yaml"), "--config", str(CONFIGS / "tiny.yaml"),
+        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", *extra,
+    ]
+
+
+def scalars(run_dir: Path, tag: str) -> dict[int, float]:
+    """step -> value of a TensorBoard scalar over all event files of a run directory (later files win)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[int, float] = {}
+    for events in sorted(run_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            out.update({e.step: e.value for e in acc.Scalars(tag)})
+    return out

@@ -1,0 +1,127 @@
+import pytest
+import torch
+
+from lit_ptm.data.collate import CausalLMCollator, MLMCollator, mask_tokens
+from lit_ptm.data.collate.common import segment_positions
+from lit_ptm.tokenizer import train_tokenizer
+
+SENTENCES = [f"word{i} alpha{i % 7}beta gamma{i % 13}delta epsilon" for i in range(400)]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(SENTENCES, "bpe", vocab_size=300, lowercase=False)
+
+
+def windows(tok, n, length=64, seed=0):
+    """Windows shaped like SentenceWindows' output: [CLS] pieces [SEP], variable lengths."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    texts = " ".join(SENTENCES)
+    (ids, starts), = tok.encode_batch([texts])
+    for i in range(n):
+        L = int(torch.randint(length // 2, length - 2, (1,), generator=g))
+        a = int(torch.randint(0, len(ids) - L, (1,), generator=g))
+        out.append({
+            "ids": torch.tensor([tok.ids.cls, *ids[a:a + L], tok.ids.sep]),
+            "word_start": torch.tensor([True, True, *starts[a + 1:a + L], True]),
+            "segment": torch.zeros(L + 2, dtype=torch.long), "epoch": 0, "index": i,
+        })
+    return out
+
+
+def test_token_masking_rate_and_80_10_10(tok):
+    collate = MLMCollator(tok.ids, seed=11)
+    samples = windows(tok, 3000)
+    batch = collate(samples)
+    ids = torch.nn.utils.rnn.pad_sequence([s["ids"] for s in samples], batch_first=True, padding_value=tok.ids.pad)
+    labels, corrupted = batch["labels"], batch["input_ids"]
+    selected = labels != -100
+    special = torch.isin(ids, torch.tensor(tok.ids.special))
+    # Exactly round(0.15 * n) per row, never a special token or padding.
+    n = (~special).sum(1)
+    assert torch.equal(selected.sum(1), torch.clamp((n * 0.15).round().long(), min=1))
+    assert not (selected & special).any()
+    assert torch.equal(labels[selected], ids[selected])
+    # 80% [MASK], 10% random non-special, 10% unchanged (over ~40k selections: +- 1%).
+    total = selected.sum().item()
+    masked = (corrupted == tok.ids.mask) & selected
+    unchanged = (corrupted == ids) & selected
+    randomised = selected & ~masked & ~unchanged
+    assert abs(masked.sum().item() / total - 0.8) < 0.01
+    # A random draw can hit the original token (p = 1/|regular|), so "unchanged" is slightly above 10%.
+    assert abs(unchanged.sum().item() / total - 0.1) < 0.01
+    assert abs(randomised.sum().item() / total - 0.1) < 0.01
+    assert not torch.isin(corrupted[randomised], torch.tensor(tok.ids.special)).any()
+    # Outside the selection nothing changes; the padding mask marks real tokens.
+    assert torch.equal(corrupted[~selected], ids[~selected])
+    assert torch.equal(batch["attention_mask"], ids != tok.ids.pad)
+
+
+def test_whole_word_masking_keeps_words_whole(tok):
+    collate = MLMCollator(tok.ids, seed=5, whole_word_mask=True)
+    samples = windows(tok, 2000)
+    batch = collate(samples)
+    selected = batch["labels"] != -100
+    multi_piece_words = 0
+    for s, row in zip(samples, selected):
+        starts = s["word_start"].tolist()
+        sel = row[: len(starts)].tolist()
+        word = -1
+        words: dict[int, set] = {}
+        for t, (st, x) in enumerate(zip(starts, sel)):
+            word += st
+            words.setdefault(word, set()).add(x)
+            if not st and x:
+                multi_piece_words += 1
+        assert all(len(v) == 1 for v in words.values()), "a word was partly masked"
+    assert multi_piece_words > 100  # the test corpus really has multi-piece words
+    special = torch.isin(torch.nn.utils.rnn.pad_sequence([s["ids"] for s in samples], batch_first=True), torch.tensor(tok.ids.special))
+    n = (~special).sum(1).float()
+    rate = selected.sum(1).float() / n
+    assert abs(rate.mean().item() - 0.15) < 0.015  # whole words round the count to the nearest word
+    assert (selected.sum(1) >= 1).all()
+
+
+def test_masks_are_a_pure_function_of_seed_epoch_index(tok):
+    collate = MLMCollator(tok.ids, seed=1)
+    samples = windows(tok, 8)
+    full = collate(samples)
+    # The same sample in another batch, at another position, gets the same mask.
+    alone = collate([samples[5]])
+    n = len(samples[5]["ids"])
+    assert torch.equal(alone["labels"][0], full["labels"][5, :n])
+    assert torch.equal(alone["input_ids"][0], full["input_ids"][5, :n])
+    # A new epoch draws a new mask (dynamic masking).
+    again = collate([{**samples[5], "epoch": 1}])
+    assert not torch.equal(again["labels"][0], alone["labels"][0])
+    # Another seed, another mask.
+    assert not torch.equal(MLMCollator(tok.ids, seed=2)([samples[5]])["labels"][0], alone["labels"][0])
+
+
+def test_mask_tokens_respects_protection_exactly():
+    ids = torch.arange(10, 30).repeat(4, 1)
+    protected = torch.zeros_like(ids, dtype=torch.bool)
+    protected[:, :5] = True
+    protected[3] = True  # a row with nothing to mask
+    noise = torch.rand(4, 3, 20, generator=torch.Generator().manual_seed(0))
+    corrupted, labels = mask_tokens(ids, protected, noise, torch.arange(10, 100), mask_id=4, probability=0.5)
+    assert ((labels != -100).sum(1) == torch.tensor([8, 8, 8, 0])).all()
+    assert (labels[protected] == -100).all() and torch.equal(corrupted[3], ids[3])
+
+
+def test_causal_collator_shifts_and_isolates_documents(tok):
+    ids = torch.tensor([5, 6, 7, tok.ids.eos, 8, 9, 10, 11, 12])
+    segment = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1])
+    batch = CausalLMCollator(tok.ids)([{"ids": ids, "segment": segment, "word_start": ids > 0, "epoch": 0, "index": 0}])
+    assert batch["input_ids"].tolist() == [ids[:-1].tolist()]
+    assert batch["labels"].tolist() == [ids[1:].tolist()]
+    assert batch["segment_ids"].tolist() == [segment[:-1].tolist()]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 3]]
+    shared = CausalLMCollator(tok.ids, isolate_documents=False)([{"ids": ids, "segment": segment, "word_start": ids > 0, "epoch": 0, "index": 0}])
+    assert "segment_ids" not in shared and "position_ids" not in shared
+
+
+def test_segment_positions_restart_per_document():
+    seg = torch.tensor([[0, 0, 1, 1, 1, 2], [0, 0, 0, 0, -1, -1]])
+    assert segment_positions(seg).tolist() == [[0, 1, 0, 1, 2, 0], [0, 1, 2, 3, 0, 1]]

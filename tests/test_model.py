@@ -1,0 +1,106 @@
+import dataclasses
+
+import pytest
+import torch
+
+from lit_ptm.nn import LMHead, ModelConfig, Transformer
+from lit_ptm.nn.attention import attention_mask
+
+TINY = ModelConfig(vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                   max_position_embeddings=40, dropout=0.0, attention_dropout=0.0, type_vocab_size=2)
+
+
+def model(**kw) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(dataclasses.replace(TINY, **kw)).eval()
+
+
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_causal_mode_never_sees_the_future(norm_position):
+    m = model(causal=True, norm_position=norm_position, final_norm=norm_position == "pre")
+    x = torch.randint(5, 99, (2, 12))
+    y = x.clone()
+    y[:, 7:] = torch.randint(5, 99, (2, 5))
+    assert torch.allclose(m(x)[:, :7], m(y)[:, :7], atol=1e-6)
+    assert not torch.allclose(m(x)[:, 7:], m(y)[:, 7:])
+    # The encoder does see the future.
+    e = model()
+    assert not torch.allclose(e(x)[:, :7], e(y)[:, :7])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_segments_confine_attention_to_each_document(causal):
+    m = model(causal=causal)
+    x = torch.randint(5, 99, (1, 10))
+    seg = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1, 1, 1]])
+    y = x.clone()
+    y[:, 4:] = torch.randint(5, 99, (1, 6))
+    # Changing document 1 leaves document 0's states untouched, in either direction.
+    assert torch.allclose(m(x, segment_ids=seg)[:, :4], m(y, segment_ids=seg)[:, :4], atol=1e-6)
+    z = x.clone()
+    z[:, :4] = torch.randint(5, 99, (1, 4))
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3, 4, 5]])
+    a, b = m(x, segment_ids=seg, position_ids=pos), m(z, segment_ids=seg, position_ids=pos)
+    assert torch.allclose(a[:, 4:], b[:, 4:], atol=1e-6)
+    # And a packed document equals the same document alone (positions restart).
+    alone = m(x[:, 4:])
+    assert torch.allclose(a[:, 4:], alone, atol=1e-5)
+
+
+def test_padding_does_not_change_real_tokens():
+    m = model()
+    x = torch.randint(5, 99, (1, 8))
+    padded = torch.cat([x, torch.zeros(1, 4, dtype=torch.long)], 1)
+    other = torch.cat([x, torch.randint(5, 99, (1, 4))], 1)
+    mask = torch.tensor([[1] * 8 + [0] * 4])
+    assert torch.allclose(m(padded, mask)[:, :8], m(x)[:, :8], atol=1e-5)
+    assert torch.allclose(m(other, mask)[:, :8], m(x)[:, :8], atol=1e-5)
+
+
+def test_no_query_row_is_left_without_keys():
+    pad = torch.tensor([[True, True, False, False]])
+    for causal in (False, True):
+        mask = attention_mask(causal, 4, key_padding=pad)
+        assert mask.any(-1).all()
+    seg = torch.tensor([[0, 0, 1, -1]])
+    assert attention_mask(True, 4, segment_ids=seg).any(-1).all()
+    assert attention_mask(False, 4) is None  # the fast path: no mask at all
+
+
+def test_sequence_longer_than_positions_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"sequence length 41 exceeds model.config.max_position_embeddings=40"):
+        model()(torch.zeros(1, 41, dtype=torch.long))
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"model.config.hidden_size=30: is not divisible by num_heads=4"):
+        ModelConfig(hidden_size=30, num_heads=4)
+    with pytest.raises(ValueError, match="model.config.activation='swish'"):
+        ModelConfig(activation="swish")
+    with pytest.raises(ValueError, match="model.config.norm_position"):
+        ModelConfig(norm_position="middle")
+    with pytest.raises(ValueError, match="vocab_size is not set"):
+        Transformer(ModelConfig(hidden_size=32, num_heads=2, num_layers=1))
+
+
+def test_tied_lm_head_shares_the_embedding_and_runs_on_given_rows():
+    m = model()
+    head = LMHead(m.config, m.embeddings.tokens)
+    assert head.embedding.weight is m.embeddings.tokens.weight
+    h = m(torch.randint(5, 99, (2, 6)))
+    rows = h[torch.tensor([[True, False, False, True, False, False]] * 2)]
+    assert head(rows).shape == (4, 99)
+    untied = LMHead(dataclasses.replace(m.config, tie_word_embeddings=False, lm_head_transform=False), m.embeddings.tokens)
+    assert untied.weight.shape == (99, 32) and untied.weight is not m.embeddings.tokens.weight
+
+
+def test_pre_ln_gpt2_flags_build_the_gpt2_layout():
+    m = model(norm_position="pre", final_norm=True, embedding_norm=False, scale_residual_init=True, causal=True, init_std=0.02)
+    assert m.final_norm is not None and m.embeddings.norm is None
+    # GPT-2 scales residual projections by 1 / sqrt(2 * layers).
+    std = m.blocks[0].attention.out.weight.std().item()
+    assert abs(std - 0.02 / 2) < 0.004
+    total = sum(p.numel() for p in m.parameters())
+    H, V, P, I, L = 32, 99, 40, 64, 2
+    per_block = 3 * H * H + 3 * H + H * H + H + H * I + I + I * H + H + 4 * H
+    assert total == V * H + P * H + 2 * H + L * per_block + 2 * H  # tokens, positions, token types, blocks, final norm
