@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
+import pickle
 import sys
 import warnings
+from pathlib import Path
+
+import torch
 
 from lightning.pytorch.cli import LightningCLI
 
-from lit_ptm.callbacks import RunCheckpoint
+from lit_ptm.callbacks import CheckpointError, RunCheckpoint
 from lit_ptm.data import PretrainDataModule
 from lit_ptm.objectives import PretrainObjective
+from lit_ptm.objectives.base import CheckpointMismatchError
 
 
 class LitPtmCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads the checkpoint's hyper-parameters into the config before anything else.
+
+        Check the file first: a damaged file, or one of another objective (whose class LightningCLI
+        would otherwise silently put in place of the configured one), stops here with its reason.
+        """
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and Path(path).is_file():
+            try:
+                meta = torch.load(path, mmap=True, weights_only=True, map_location="cpu").get("lit_ptm", {})
+            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+                raise CheckpointError(f"checkpoint {path} cannot be read: it is corrupt or truncated ({type(e).__name__}: {e})") from e
+            configured = self.config[subcommand].model.class_path.rsplit(".", 1)[-1]
+            if meta.get("objective") not in (None, configured):
+                raise CheckpointMismatchError(
+                    f"checkpoint {path} holds a {meta['objective']} model, but this run's objective is {configured} "
+                    "(choose the matching --config, or start a new run from its weights)"
+                )
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

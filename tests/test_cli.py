@@ -1,0 +1,130 @@
+"""End to end through the CLI: recipes learn, runs resume exactly, bad input gets clear errors."""
+
+import math
+import os
+import shutil
+
+import pytest
+import torch
+
+from conftest import CONFIGS, ROOT, run_cli, run_module, scalars, tiny_args, write_corpus
+
+RECIPES = ["gpt", "bert", "roberta"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_lowers_validation_loss_and_tests(recipe, tmp_path, cache_dir):
+    root = tmp_path / recipe
+    before = run_cli(["validate", *tiny_args(recipe, root)]).trainer.callback_metrics["val/loss"].item()
+    cli = run_cli(["fit", *tiny_args(recipe, root)])
+    after = cli.trainer.callback_metrics["val/loss"].item()
+    vocab = cli.datamodule.tokenizer.vocab_size
+    assert before > math.log(vocab) - 1.0  # an untrained model is near uniform
+    assert after < before - 1.0, (before, after)
+    # The run directory holds everything the checkpoint needs, and TensorBoard has the stable names.
+    for name in ("last.ckpt", "best.ckpt", "config.yaml", "tokenizer.json"):
+        assert (root / name).is_file(), name
+    for tag in ("train/loss", "val/loss", "val/ppl", "train/lr", "train/tokens_per_sec"):
+        assert scalars(root, tag), tag
+    if recipe != "gpt":
+        assert scalars(root, "val/mlm_acc") and scalars(root, "train/mlm_acc")
+    # `test` on held-out documents reports loss and perplexity.
+    tested = run_cli(["test", *tiny_args(recipe, root), "--ckpt_path", str(root / "last.ckpt")]).trainer.callback_metrics
+    assert tested["test/ppl"].item() == pytest.approx(math.exp(tested["test/loss"].item()), rel=1e-4)
+    assert tested["test/loss"].item() < before - 1.0
+
+
+@pytest.mark.parametrize("recipe", ["gpt", "bert"])
+def test_killed_run_resumes_with_the_same_batches_and_losses(recipe, tmp_path, cache_dir):
+    common = [
+        "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "2",
+        "--checkpoint.every_n_steps", "5", "--model.init_args.config.dropout", "0.1",
+        "--data.init_args.batch_size", "4",
+    ]
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]), "LIT_PTM_CACHE": str(cache_dir)}
+    straight = tmp_path / "straight"
+    r = run_module(["fit", *tiny_args(recipe, straight, *common, "--trainer.max_steps", "13")], env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    killed = tmp_path / "killed"
+    r = run_module(["fit", *tiny_args(recipe, killed, *common, "--trainer.max_steps", "13",
+                                      "--trainer.callbacks+=helpers.KillAt", "--trainer.callbacks.step", "8")], env=env)
+    assert r.returncode == 3, r.stderr[-3000:]
+    ckpt = torch.load(killed / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 5  # the periodic checkpoint, written before the kill at step 8
+    r = run_module(["fit", *tiny_args(recipe, killed, *common, "--trainer.max_steps", "13"),
+                    "--ckpt_path", str(killed / "last.ckpt")], env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = scalars(straight, "train/loss"), scalars(killed, "train/loss")
+    assert sorted(a) == sorted(b) and len(a) == 13
+    for step in range(5, 13):
+        assert a[step] == pytest.approx(b[step], abs=1e-6), (step, a[step], b[step])
+    va, vb = scalars(straight, "val/loss"), scalars(killed, "val/loss")
+    assert va.keys() == vb.keys() and all(va[s] == pytest.approx(vb[s], abs=1e-6) for s in va)
+
+
+def test_user_corpus_jsonl_and_held_out_files(tmp_path, cache_dir):
+    import json
+
+    train = write_corpus(tmp_path / "train.txt", n_docs=30)
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join(json.dumps({"text": t}) + "\n" for t in write_corpus(tmp_path / "v.txt", 6, seed=9).read_text().split("\n\n")))
+    cli = run_cli(["fit", *tiny_args("bert", tmp_path / "run", "--data.init_args.train_files", str(tmp_path / "train*.txt"),
+                                     "--data.init_args.val_files", str(val), "--data.init_args.vocab_size", "500",
+                                     "--trainer.max_steps", "20", "--trainer.val_check_interval", "10")])
+    dm = cli.datamodule
+    assert dm.tokenizer.vocab_size <= 500  # trained on the user's files, not the built-in corpus
+    assert dm.tokenizer.hf.token_to_id("w1bb") is not None
+    # Validation comes from the held-out JSONL file, training from all 30 documents of the glob.
+    assert dm.datasets["val"].windows.store.num_docs == 6
+    assert dm.datasets["train"].windows.store.num_docs == 30 and "test" in dm.datasets
+    assert cli.trainer.callback_metrics["val/loss"] > 0
+
+
+def cli_error(args, capsys) -> str:
+    with pytest.raises((SystemExit, Exception)) as e:
+        run_cli(args)
+    if isinstance(e.value, SystemExit):
+        return capsys.readouterr().err
+    return str(e.value)
+
+
+def test_unknown_config_key_is_named(tmp_path, capsys, cache_dir):
+    err = cli_error(["fit", *tiny_args("bert", tmp_path, "--model.init_args.config.hiden_size", "64")], capsys)
+    assert "hiden_size" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  init_args:\n    batchsize: 3\n")
+    err = cli_error(["fit", *tiny_args("bert", tmp_path, "--config", str(bad))], capsys)
+    assert "batchsize" in err
+
+
+def test_missing_and_non_utf8_corpus_are_named(tmp_path, capsys, cache_dir):
+    err = cli_error(["fit", *tiny_args("gpt", tmp_path / "r", "--data.init_args.train_files", str(tmp_path / "none*.txt"))], capsys)
+    assert "no corpus file matches" in err and "none*.txt" in err
+    bad = write_corpus(tmp_path / "latin1.txt", n_docs=20)
+    bad.write_bytes(bad.read_bytes() + "\ncaf\u00e9 cr\u00e8me.\n".encode("latin-1"))
+    err = cli_error(["fit", *tiny_args("gpt", tmp_path / "r", "--data.init_args.train_files", str(bad))], capsys)
+    assert "latin1.txt:" in err and "not valid UTF-8" in err
+
+
+def test_sequence_longer_than_positions_is_refused(tmp_path, capsys, cache_dir):
+    err = cli_error(["fit", *tiny_args("bert", tmp_path, "--data.init_args.seq_length", "256")], capsys)
+    assert "data.seq_length=256 exceeds model.config.max_position_embeddings=128" in err
+
+
+def test_bad_checkpoints_are_refused_with_reasons(tmp_path, capsys, cache_dir):
+    root = tmp_path / "bert"
+    run_cli(["fit", *tiny_args("bert", root, "--trainer.max_steps", "3")])
+    ckpt = root / "last.ckpt"
+    # Truncated file.
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(ckpt.read_bytes()[:5000])
+    err = cli_error(["fit", *tiny_args("bert", tmp_path / "b2", "--ckpt_path", str(broken))], capsys)
+    assert f"checkpoint {broken} cannot be read: it is corrupt or truncated" in err
+    # Another objective.
+    err = cli_error(["fit", *tiny_args("gpt", tmp_path / "g", "--ckpt_path", str(ckpt))], capsys)
+    assert "holds a MaskedLM model, but this run's objective is CausalLM" in err and str(ckpt) in err
+    # Another tokenizer (same size, different vocabulary).
+    other = write_corpus(tmp_path / "other.txt", n_docs=60)
+    err = cli_error(["fit", *tiny_args("bert", tmp_path / "b3", "--data.init_args.train_files", str(other),
+                                       "--data.init_args.vocab_size", "500", "--ckpt_path", str(ckpt))], capsys)
+    assert "trained with another tokenizer" in err
