@@ -35,8 +35,8 @@ class Embeddings(nn.Module):
         x = self.tokens(input_ids)  # (B, T, H)
         if self.positions is not None:
             x = x + (self.positions.weight[:T] if position_ids is None else self.positions(position_ids))
-        if self.token_types is not None and token_type_ids is not None:
-            x = x + self.token_types(token_type_ids)
+        if self.token_types is not None:  # no ids given: every token is in segment 0 (as in BERT)
+            x = x + (self.token_types.weight[0] if token_type_ids is None else self.token_types(token_type_ids))
         if self.norm is not None:
             x = self.norm(x)
         return self.dropout(x)

@@ -146,8 +146,9 @@ class PretrainObjective(L.LightningModule):
         metric = self.val_loss if split == "val" else self.test_loss
         loss = metric.compute()
         metric.reset()
-        self.log(f"{split}/loss", loss, prog_bar=split == "val", sync_dist=False)
-        self.log(f"{split}/ppl", torch.exp(loss.clamp(max=50)))
+        # compute() already reduced over ranks; sync_dist only averages identical values (and silences the warning).
+        self.log(f"{split}/loss", loss, prog_bar=split == "val", sync_dist=True)
+        self.log(f"{split}/ppl", torch.exp(loss.clamp(max=50)), sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step("val", batch)
