@@ -104,3 +104,31 @@ def test_pre_ln_gpt2_flags_build_the_gpt2_layout():
     H, V, P, I, L = 32, 99, 40, 64, 2
     per_block = 3 * H * H + 3 * H + H * H + H + H * I + I + I * H + H + 4 * H
     assert total == V * H + P * H + 2 * H + L * per_block + 2 * H  # tokens, positions, token types, blocks, final norm
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("scale", [0.1, 30.0])  # 30: probabilities underflow fp32, the exact path takes over
+def test_fused_linear_cross_entropy_matches_autograd(monkeypatch, with_bias, scale):
+    from lit_ptm.nn import losses
+
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 700)  # several chunks of 6 rows
+    g = torch.Generator().manual_seed(0)
+    h = (torch.randn(37, 16, generator=g) * scale).requires_grad_()
+    w = torch.randn(101, 16, generator=g).requires_grad_()
+    b = torch.randn(101, generator=g).requires_grad_() if with_bias else None
+    t = torch.randint(0, 101, (37,), generator=g)
+    loss, argmax = losses.linear_cross_entropy(h * 2, w, b, t, want_argmax=True)
+    (loss * 3).backward()
+    fused = [p.grad.clone() for p in (h, w, b) if p is not None]
+    for p in (h, w, b):
+        if p is not None:
+            p.grad = None
+    logits = torch.nn.functional.linear(h * 2, w, b)
+    reference = torch.nn.functional.cross_entropy(logits, t)
+    (reference * 3).backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    assert torch.equal(argmax, logits.argmax(1))
+    for ours, p in zip(fused, [p for p in (h, w, b) if p is not None]):
+        assert torch.allclose(ours, p.grad, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # evaluation: the same loss, no gradient buffers
+        assert losses.linear_cross_entropy(h * 2, w, b, t)[0].item() == pytest.approx(reference.item(), rel=1e-5)

@@ -6,6 +6,7 @@ from torch import nn
 
 from lit_ptm.nn.config import ModelConfig
 from lit_ptm.nn.layers import activation
+from lit_ptm.nn.losses import linear_cross_entropy
 
 
 class LMHead(nn.Module):
@@ -34,9 +35,17 @@ class LMHead(nn.Module):
                 nn.init.normal_(m.weight, std=config.init_std)
                 nn.init.zeros_(m.bias)
 
+    @property
+    def output_weight(self) -> torch.Tensor:
+        return self.embedding.weight if self.embedding is not None else self.weight
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.embedding.weight if self.embedding is not None else self.weight
-        return F.linear(self.transform(hidden), weight, self.bias)
+        return F.linear(self.transform(hidden), self.output_weight, self.bias)
+
+    def loss(self, hidden: torch.Tensor, targets: torch.Tensor, want_argmax: bool = False):
+        """Mean cross-entropy of the rows ``hidden`` [N, H] against ``targets`` [N] (and the argmax
+        prediction per row if asked), without materialising the [N, V] logits."""
+        return linear_cross_entropy(self.transform(hidden), self.output_weight, self.bias, targets, want_argmax)
 
 
 class _Activation(nn.Module):

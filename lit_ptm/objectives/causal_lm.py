@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from lit_ptm.data.collate import CausalLMCollator
 from lit_ptm.nn import LMHead
@@ -31,8 +30,8 @@ class CausalLM(PretrainObjective):
         labels = batch["labels"]
         predicted = labels != -100
         if predicted.all():  # packed windows: no padding, skip the gather
-            logits, targets = self.lm_head(hidden.flatten(0, 1)), labels.flatten()
+            rows, targets = hidden.flatten(0, 1), labels.flatten()
         else:
-            logits, targets = self.lm_head(hidden[predicted]), labels[predicted]
-        loss = F.cross_entropy(logits.float(), targets)
+            rows, targets = hidden[predicted], labels[predicted]
+        loss, _ = self.lm_head.loss(rows, targets)
         return {"loss": loss, "num_predicted": targets.numel()}

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_ptm.data.collate import MLMCollator
@@ -46,12 +45,12 @@ class MaskedLM(PretrainObjective):
         )  # (B, T, H)
         labels = batch["labels"]
         predicted = labels != -100
-        logits = self.lm_head(hidden[predicted])  # (P, V): only the masked positions
         targets = labels[predicted]
-        return {"loss": F.cross_entropy(logits.float(), targets), "num_predicted": targets.numel(),
-                "logits": logits.detach(), "targets": targets}
+        # The head runs on the masked positions only: (P, H) -> loss, never (B, T, V) logits.
+        loss, predictions = self.lm_head.loss(hidden[predicted], targets, want_argmax=True)
+        return {"loss": loss, "num_predicted": targets.numel(), "predictions": predictions, "targets": targets}
 
     def log_extra(self, split, parts, batch):
         acc = self.accuracy[f"{split}_acc"]
-        acc(parts["logits"].argmax(-1), parts["targets"])
+        acc(parts["predictions"], parts["targets"])
         self.log(f"{split}/mlm_acc", acc, on_step=split == "train", on_epoch=split != "train")

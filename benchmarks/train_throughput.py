@@ -1,0 +1,100 @@
+"""Training throughput of lit_ptm against HF transformers: same architecture, same batch, same optimizer.
+
+    python benchmarks/train_throughput.py --model bert-small      # BertForMaskedLM H256/L4, 32 x 128
+    python benchmarks/train_throughput.py --model bert-base --batch 8
+    python benchmarks/train_throughput.py --model gpt-small       # GPT2LMHeadModel H256/L4, 32 x 128
+
+Each step is forward + backward + AdamW (fused, for both). MLM batches mask 15% of the tokens with
+lit_ptm's collator; HF's BertForMaskedLM runs its vocabulary-wide head on every token, lit_ptm only
+on the masked ones. Contenders alternate in rounds in one process; the ratio is what to report.
+For CPU runs, preload jemalloc (see README) for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import allocator, bert_config, gpt2_config, hf_model, interleaved, n_params  # noqa: E402
+
+from lit_ptm.data.collate import MLMCollator  # noqa: E402
+from lit_ptm.objectives import CausalLM, MaskedLM  # noqa: E402
+from lit_ptm.tokenizer import SpecialIds  # noqa: E402
+
+SIZES = {"bert-small": ("bert", 256, 4, 4), "bert-base": ("bert", 768, 12, 12), "gpt-small": ("gpt", 256, 4, 4)}
+
+
+def mlm_batch(vocab: int, batch: int, seq: int):
+    """[CLS] random tokens [SEP] windows, masked by our collator (the same batch feeds both models)."""
+    ids = SpecialIds(vocab_size=vocab, pad=0, unk=1, cls=2, sep=3, mask=4, bos=5, eos=6, special=tuple(range(111)))
+    g = torch.Generator().manual_seed(0)
+    samples = []
+    for i in range(batch):
+        toks = torch.randint(111, vocab, (seq,), generator=g)
+        toks[0], toks[-1] = ids.cls, ids.sep
+        samples.append({"ids": toks, "word_start": torch.ones(seq, dtype=torch.bool), "segment": torch.zeros(seq, dtype=torch.long), "epoch": 0, "index": i})
+    return MLMCollator(ids, seed=0)(samples)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(SIZES), default="bert-small")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--steps", type=int, default=5, help="steps per timed round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    args = p.parse_args()
+
+    kind, hidden, layers, heads = SIZES[args.model]
+    torch.manual_seed(0)
+    cfg = bert_config(hidden, layers, heads) if kind == "bert" else gpt2_config(hidden, layers, heads)
+    ours = (MaskedLM if kind == "bert" else CausalLM)(config=cfg).to(args.device).train()
+    hf = hf_model(kind, cfg).to(args.device).train()
+    if kind == "bert":
+        batch = mlm_batch(cfg.vocab_size, args.batch, args.seq)
+        hf_inputs = {"input_ids": batch["input_ids"], "labels": batch["labels"]}
+    else:
+        ids = torch.randint(111, cfg.vocab_size, (args.batch, args.seq + 1), generator=torch.Generator().manual_seed(0))
+        batch = {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
+        hf_inputs = {"input_ids": ids[:, :-1], "labels": ids[:, :-1]}  # HF shifts the labels itself
+    batch = {k: v.to(args.device) for k, v in batch.items()}
+    hf_inputs = {k: v.to(args.device) for k, v in hf_inputs.items()}
+
+    def stepper(model, loss_fn):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+        def step():
+            with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.bf16):
+                loss = loss_fn()
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+        return step
+
+    steps = {
+        "lit_ptm": stepper(ours, lambda: ours.loss_parts(batch)["loss"]),
+        "hf": stepper(hf, lambda: hf(**hf_inputs).loss),
+    }
+    for step in steps.values():  # warm-up: allocator pools, kernels, optimizer state
+        step()
+        step()
+    sec = interleaved(steps, args.steps, args.rounds)
+    tokens = args.batch * args.seq
+    print(f"model {args.model} ({kind}, H{hidden}/L{layers}/A{heads}, V{cfg.vocab_size}), batch {args.batch} x {args.seq}, "
+          f"device {args.device}, {'bf16 autocast' if args.bf16 else 'fp32'}, threads {torch.get_num_threads()}, {allocator()}")
+    print(f"params: lit_ptm {n_params(ours):,}  hf {n_params(hf):,}")
+    for name, s in sec.items():
+        print(f"{name:>8}: {tokens / s:10,.0f} tok/s  ({s * 1000:.1f} ms/step)")
+    print(f"ratio lit_ptm / hf: {sec['hf'] / sec['lit_ptm']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
