@@ -45,9 +45,11 @@ class LitPtmCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
-        objective = config.model.class_path.rsplit(".", 1)[-1].lower()
         if trainer.default_root_dir is None:
-            trainer.default_root_dir = f"checkpoints/{objective}"
+            # checkpoints/<run>: the first config file's name (bert.yaml -> bert), else the objective's.
+            files = config.get("config") or []
+            run = Path(str(files[0])).stem if files else config.model.class_path.rsplit(".", 1)[-1].lower()
+            trainer.default_root_dir = f"checkpoints/{run}"
         root = trainer.default_root_dir
         if trainer.logger is None or trainer.logger is True:
             # Events, the resolved config.yaml and the checkpoints all live in the run directory itself.

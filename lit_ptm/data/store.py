@@ -89,15 +89,14 @@ def build_store(
     with open(tmp / "tokens.bin", "wb") as f_tok, open(tmp / "word_start.bin", "wb") as f_word, \
             open(tmp / "sent_offsets.bin", "wb") as f_sent, open(tmp / "doc_sents.bin", "wb") as f_doc:
         for chunk in _chunks(_iter_corpus(files, decode_errors, text_field), chunk_sentences):
-            encoded = tokenizer.encode_batch([s for doc in chunk for s in doc])
-            lengths = np.fromiter((len(ids) for ids, _ in encoded), dtype=np.int64, count=len(encoded))
-            f_tok.write(np.fromiter((t for ids, _ in encoded for t in ids), dtype=dtype, count=int(lengths.sum())).tobytes())
-            f_word.write(np.fromiter((w for _, ws in encoded for w in ws), dtype=np.uint8, count=int(lengths.sum())).tobytes())
+            ids, starts, lengths = tokenizer.encode_arrays([s for doc in chunk for s in doc])
+            f_tok.write(ids.astype(dtype).tobytes())
+            f_word.write(starts.astype(np.uint8).tobytes())
             f_sent.write((n_tokens + np.concatenate([[0], np.cumsum(lengths)[:-1]])).tobytes())
             doc_sizes = np.array([len(doc) for doc in chunk], dtype=np.int64)
             f_doc.write((n_sents + np.concatenate([[0], np.cumsum(doc_sizes)[:-1]])).tobytes())
             n_tokens += int(lengths.sum())
-            n_sents += len(encoded)
+            n_sents += len(lengths)
             n_docs += len(chunk)
             print(f"\rtoken store: {n_docs:,} documents, {n_tokens:,} tokens", end="", file=sys.stderr, flush=True)
         f_sent.write(np.array([n_tokens], dtype=np.int64).tobytes())

@@ -63,11 +63,11 @@ class MLMCollator:
         self.ids, self.seed, self.probability = ids, seed, probability
         self.whole_word_mask, self.isolate_documents = whole_word_mask, isolate_documents
         self.regular_ids = ids.regular_ids()
-        self.special = torch.tensor(ids.special)
+        self.is_special = ids.special_table()
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         ids = pad_windows(samples, "ids", self.ids.pad)
-        protected = torch.isin(ids, self.special)
+        protected = self.is_special[ids]  # special tokens and padding
         noise = sample_noise(samples, self.seed, 3, ids.size(1))
         word_start = pad_windows(samples, "word_start", True) if self.whole_word_mask else None
         input_ids, labels = mask_tokens(

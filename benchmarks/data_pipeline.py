@@ -1,0 +1,95 @@
+"""Data-pipeline cost: window assembly + MLM collation per batch, against HF's
+DataCollatorForLanguageModeling on the same windows, and as a share of a training step.
+
+    python benchmarks/data_pipeline.py            # built-in corpus, 32 x 128, BERT-small step for scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import allocator, bert_config  # noqa: E402
+
+from lit_ptm.data.builtin import write_builtin_corpus  # noqa: E402
+from lit_ptm.data.collate import MLMCollator  # noqa: E402
+from lit_ptm.data.corpus import iter_documents  # noqa: E402
+from lit_ptm.data.sampling import SentenceWindows, WindowDataset  # noqa: E402
+from lit_ptm.data.store import open_store  # noqa: E402
+from lit_ptm.objectives import MaskedLM  # noqa: E402
+from lit_ptm.tokenizer import train_tokenizer  # noqa: E402
+
+
+def per_call(fn, n: int) -> float:
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=50)
+    args = p.parse_args()
+
+    tmp = Path(tempfile.mkdtemp())
+    corpus = write_builtin_corpus(tmp / "builtin.txt")
+    tok = train_tokenizer((s for d in iter_documents(corpus) for s in d), "wordpiece", 30522)
+    store = open_store([corpus], tok, tmp / "cache")
+    ds = WindowDataset(SentenceWindows(store, np.arange(store.num_docs), args.seq, tok.ids, cross_documents=True))
+    ours = MLMCollator(tok.ids, seed=0, whole_word_mask=False)
+    ours_wwm = MLMCollator(tok.ids, seed=0, whole_word_mask=True)
+    rng = np.random.default_rng(0)
+
+    def keys():
+        return [(0, int(i)) for i in rng.integers(0, len(ds), args.batch)]
+
+    samples = [ds[k] for k in keys()]
+    from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast
+
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok.hf, pad_token="[PAD]", mask_token="[MASK]", cls_token="[CLS]", sep_token="[SEP]", unk_token="[UNK]")
+    hf = DataCollatorForLanguageModeling(hf_tok, mlm_probability=0.15, return_tensors="pt")
+    hf_features = [{"input_ids": s["ids"].tolist()} for s in samples]
+
+    assemble = per_call(lambda: [ds[k] for k in keys()], args.repeats)
+    t_ours = per_call(lambda: ours(samples), args.repeats)
+    t_wwm = per_call(lambda: ours_wwm(samples), args.repeats)
+    t_hf = per_call(lambda: hf(hf_features), args.repeats)
+
+    torch.manual_seed(0)
+    model = MaskedLM(config=bert_config(256, 4, 4, vocab=tok.vocab_size)).train()
+    opt = torch.optim.AdamW(model.parameters(), fused=True)
+    batch = ours(samples)
+
+    def step():
+        model.loss_parts(batch)["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    t_step = per_call(step, 5)
+    tokens = args.batch * args.seq
+    print(f"batch {args.batch} x {args.seq}, built-in corpus, threads {torch.get_num_threads()}, {allocator()}")
+    print(f"window assembly (dataset __getitem__ x {args.batch}): {assemble * 1e3:7.2f} ms")
+    print(f"lit_ptm MLM collator:                 {t_ours * 1e3:7.2f} ms  ({tokens / t_ours / 1e6:5.1f} M tok/s)")
+    print(f"lit_ptm whole-word MLM collator:      {t_wwm * 1e3:7.2f} ms  ({tokens / t_wwm / 1e6:5.1f} M tok/s)")
+    print(f"HF DataCollatorForLanguageModeling:   {t_hf * 1e3:7.2f} ms  ({tokens / t_hf / 1e6:5.1f} M tok/s)")
+    print(f"ratio HF / lit_ptm collator time:     {t_hf / t_ours:7.2f}x")
+    print(f"BERT-small training step:             {t_step * 1e3:7.1f} ms")
+    print(f"data share of the step (assembly + collation): {(assemble + t_ours) / t_step * 100:.2f}%")
+
+
+if __name__ == "__main__":
+    main()
