@@ -128,3 +128,14 @@ def test_bad_checkpoints_are_refused_with_reasons(tmp_path, capsys, cache_dir):
     err = cli_error(["fit", *tiny_args("bert", tmp_path / "b3", "--data.init_args.train_files", str(other),
                                        "--data.init_args.vocab_size", "500", "--ckpt_path", str(ckpt))], capsys)
     assert "trained with another tokenizer" in err
+
+
+def test_mixed_precision_accumulation_and_clipping_are_trainer_flags(tmp_path, cache_dir):
+    root = tmp_path / "bf16"
+    cli = run_cli(["fit", *tiny_args("gpt", root, "--trainer.precision", "bf16-mixed", "--trainer.accumulate_grad_batches", "2",
+                                     "--trainer.gradient_clip_val", "1.0", "--trainer.max_steps", "6", "--trainer.val_check_interval", "12")])
+    assert cli.trainer.global_step == 6
+    state = torch.load(root / "last.ckpt", weights_only=False)["PretrainDataModule"]
+    assert state["batches"] == 12  # two batches per optimizer step, both counted for resume
+    losses = scalars(root, "train/loss")
+    assert all(math.isfinite(v) for v in losses.values())

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torchmetrics import MeanMetric
 
 from lit_ptm.nn import ModelConfig, Transformer
@@ -172,7 +173,9 @@ class PretrainObjective(L.LightningModule):
             (no_decay if p.ndim < 2 else decay).append(p)
         o = self.optim
         groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        fused = all(p.dtype.is_floating_point for p in decay + no_decay)
+        # Fused AdamW (one kernel over all parameters) except under AMP, where Lightning refuses
+        # gradient clipping for optimizers that unscale gradients themselves.
+        fused = not isinstance(self.trainer.precision_plugin, MixedPrecision)
         optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -1,0 +1,29 @@
+"""The repository's promises: every recipe parses against the code, README and CI agree."""
+
+import re
+
+import pytest
+
+from conftest import CONFIGS, ROOT, run_cli
+
+RECIPES = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name != "tiny.yaml")
+SIZES = sorted(p.name for p in (CONFIGS / "sizes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("extra", [None, "tiny.yaml", *(f"sizes/{s}" for s in SIZES)])
+def test_every_recipe_parses_against_the_signatures(recipe, extra, capsys):
+    args = ["fit", "--config", str(CONFIGS / recipe)] + (["--config", str(CONFIGS / extra)] if extra else [])
+    with pytest.raises(SystemExit) as e:
+        run_cli([*args, "--print_config"])
+    assert e.value.code in (0, None), capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "class_path: lit_ptm.objectives." in printed and "class_path: lit_ptm.data.PretrainDataModule" in printed
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"<!-- test-command -->\s*```(?:bash|sh)?\n(.+?)\n```", readme, re.S)
+    assert match, "README.md lost its test command block"
+    command = match.group(1).strip()
+    assert command in (ROOT / ".ci" / "run").read_text()
