@@ -59,7 +59,8 @@ class LitPtmCLI(LightningCLI):
             }
 
 
-def main(args: list[str] | None = None, run: bool = True) -> LitPtmCLI:
+def run_cli(args: list[str] | None = None, run: bool = True) -> LitPtmCLI:
+    """Build (and by default run) the CLI; returns it, with its trainer, model and datamodule."""
     # The run directory deliberately holds config.yaml and tokenizer.json beside the checkpoints.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     return LitPtmCLI(
@@ -75,5 +76,10 @@ def main(args: list[str] | None = None, run: bool = True) -> LitPtmCLI:
     )
 
 
+def main() -> None:
+    """Console entry point (`lit-ptm`, `python -m lit_ptm`): returns nothing, so the exit status is 0."""
+    run_cli(sys.argv[1:])
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -41,9 +41,9 @@ def write_jsonl(path: Path, texts: list[str]) -> Path:
 
 def run_cli(args: list[str]):
     """Run ``lit-ptm`` in this process; returns the LightningCLI (trainer, model, datamodule)."""
-    from lit_ptm.cli import main
+    from lit_ptm.cli import run_cli as cli
 
-    return main([*args])
+    return cli([*args])
 
 
 def run_module(args: list[str], env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
