@@ -125,3 +125,10 @@ def test_causal_collator_shifts_and_isolates_documents(tok):
 def test_segment_positions_restart_per_document():
     seg = torch.tensor([[0, 0, 1, 1, 1, 2], [0, 0, 0, 0, -1, -1]])
     assert segment_positions(seg).tolist() == [[0, 1, 0, 1, 2, 0], [0, 1, 2, 3, 0, 1]]
+
+
+def test_batches_count_their_real_tokens(tok):
+    samples = windows(tok, 5)
+    assert MLMCollator(tok.ids, seed=0)(samples)["num_tokens"] == sum(len(s["ids"]) for s in samples)
+    causal = CausalLMCollator(tok.ids)(samples)
+    assert causal["num_tokens"] == sum(len(s["ids"]) - 1 for s in samples) == int((causal["labels"] != -100).sum())

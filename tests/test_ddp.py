@@ -40,13 +40,24 @@ def test_ddp_two_processes(tmp_path, cache_dir):
 
 
 def test_two_simulated_nodes(tmp_path, cache_dir):
+    """Two nodes that share no cache: node 1 must not train its own tokenizer (training is not
+    deterministic across processes) but use rank 0's, broadcast to it."""
+    import json
+
     root = tmp_path / "nodes"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **loopback_env(cache_dir)}
     args = [sys.executable, "-m", "lit_ptm", "fit", *tiny_args("bert", root, *DIST, "--trainer.devices", "1", "--trainer.num_nodes", "2")]
-    nodes = [subprocess.Popen(args, cwd=ROOT, env={**env, "NODE_RANK": str(n)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for n in (0, 1)]
+    caches = [tmp_path / f"node{n}-cache" for n in (0, 1)]
+    nodes = [
+        subprocess.Popen(args, cwd=ROOT, env={**env, "NODE_RANK": str(n), "LIT_PTM_CACHE": str(caches[n])},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for n in (0, 1)
+    ]
     outputs = [p.communicate(timeout=600) for p in nodes]
     for p, (_, err) in zip(nodes, outputs):
         assert p.returncode == 0, err[-4000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in outputs[1][1] + outputs[1][0]
     check_distributed_run(root, 2)
+    assert list((caches[0] / "tokenizers").glob("*.json")) and not (caches[1] / "tokenizers").exists()
+    shas = [json.loads(next((c / "stores").glob("*/meta.json")).read_text())["tokenizer_sha"] for c in caches]
+    assert shas[0] == shas[1]

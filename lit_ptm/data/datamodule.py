@@ -8,8 +8,10 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.accelerators import CUDAAccelerator
 import numpy as np
 import torch
+from tokenizers import Tokenizer as HFTokenizer
 from torch.utils.data import BatchSampler, DataLoader
 
 from lit_ptm.data.builtin import write_builtin_corpus
@@ -111,6 +113,17 @@ class PretrainDataModule(L.LightningDataModule):
                 train_tokenizer(sentences, self.tokenizer_kind, self.vocab_size, self.lowercase).save(path)
         return Tokenizer.load(path)
 
+    def _shared_tokenizer(self, train_files: list[Path]) -> Tokenizer:
+        """Rank 0's tokenizer, on every rank. Tokenizer training is not deterministic across processes
+        (the Rust trainers break ties in hash-map order), so nodes that do not share a cache must
+        not each train their own: rank 0 loads or trains it and broadcasts it."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return self._load_tokenizer(train_files)
+        text = self._load_tokenizer(train_files).hf.to_str() if trainer.is_global_zero else None
+        text = trainer.strategy.broadcast(text, src=0)
+        return Tokenizer(HFTokenizer.from_str(text), source=self.tokenizer_path or "<rank 0's trained tokenizer>")
+
     # -- Lightning hooks ------------------------------------------------------------------------
     def _packing(self) -> str:
         if self.packing is not None:
@@ -122,7 +135,7 @@ class PretrainDataModule(L.LightningDataModule):
         if self.tokenizer is not None and self.datasets:
             return
         train_files = self._files("train")
-        self.tokenizer = self._load_tokenizer(train_files)
+        self.tokenizer = self._shared_tokenizer(train_files)
         store = self._open(train_files)
         held_out = {which: self._files(which) for which in ("val", "test")}
         docs = self._split(store, held_out)
@@ -167,7 +180,7 @@ class PretrainDataModule(L.LightningDataModule):
         return DataLoader(
             self.datasets[split], batch_sampler=BatchSampler(sampler, batch_size, drop_last=split == "train"),
             collate_fn=collate, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-            pin_memory=self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator",
+            pin_memory=isinstance(self.trainer.accelerator, CUDAAccelerator),
             # Its own generator: creating an iterator must not draw from the global RNG (dropout's),
             # or a resumed run would see a different dropout stream than an uninterrupted one.
             generator=torch.Generator().manual_seed(self.seed),

@@ -167,7 +167,7 @@ class ResumableSampler(Sampler):
             order = order[: self.num_samples // self.world_size * self.world_size]
         elif self.num_samples % self.world_size:  # pad by repeating, as DistributedSampler does
             pad = self.world_size - self.num_samples % self.world_size
-            order = torch.cat([order, order[:pad].repeat(pad // max(1, len(order[:pad])) + 1)[:pad]])
+            order = torch.cat([order, order.repeat(-(-pad // len(order)))[:pad]])
         return order[self.rank :: self.world_size]
 
     def __len__(self) -> int:

@@ -112,6 +112,13 @@ class PretrainObjective(L.LightningModule):
         raise NotImplementedError
 
     # -- steps ----------------------------------------------------------------------------------
+    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The stack's hidden states (B, T, H) for a collated batch (padding, packed documents, positions)."""
+        return self.transformer(
+            batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"),
+            batch.get("token_type_ids"), batch.get("segment_ids"),
+        )
+
     def loss_parts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Returns at least ``loss`` (mean over predicted tokens) and ``num_predicted``."""
         raise NotImplementedError
@@ -121,7 +128,7 @@ class PretrainObjective(L.LightningModule):
         self.log("train/loss", parts["loss"], prog_bar=True)
         self.log_extra("train", parts, batch)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
-        self._tokens_in_step = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        self._tokens_in_step = batch.get("num_tokens", batch["input_ids"].numel())
         return parts["loss"]
 
     def log_extra(self, split: str, parts: dict, batch: dict) -> None:

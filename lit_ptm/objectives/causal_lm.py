@@ -24,9 +24,7 @@ class CausalLM(PretrainObjective):
         return self.lm_head(self.transformer(input_ids, **kw))
 
     def loss_parts(self, batch):
-        hidden = self.transformer(
-            batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"), segment_ids=batch.get("segment_ids")
-        )  # (B, T, H)
+        hidden = self.encode(batch)  # (B, T, H)
         labels = batch["labels"]
         predicted = labels != -100
         if predicted.all():  # packed windows: no padding, skip the gather

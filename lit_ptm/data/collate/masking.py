@@ -73,8 +73,9 @@ class MLMCollator:
         input_ids, labels = mask_tokens(
             ids, protected, noise, self.regular_ids, self.ids.mask, self.probability, word_start
         )
-        batch = {"input_ids": input_ids, "labels": labels}
         lengths = torch.tensor([len(s["ids"]) for s in samples])
+        # num_tokens: a plain int, so that logging throughput never waits on the device.
+        batch = {"input_ids": input_ids, "labels": labels, "num_tokens": int(lengths.sum())}
         real = torch.arange(ids.size(1)) < lengths[:, None]
         if not real.all():
             batch["attention_mask"] = real

@@ -1,0 +1,60 @@
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+
+from lit_ptm.nn import ModelConfig
+from lit_ptm.objectives import CausalLM, MaskedLM, OptimConfig
+from lit_ptm.objectives.base import lr_factor
+
+TINY = ModelConfig(vocab_size=120, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=32)
+
+
+def test_warmup_then_linear_or_cosine_decay():
+    assert lr_factor(0, 10, 100, "linear", 0.0) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100, "linear", 0.0) == pytest.approx(1.0)
+    assert lr_factor(55, 10, 100, "linear", 0.0) == pytest.approx(0.5)
+    assert lr_factor(100, 10, 100, "linear", 0.0) == pytest.approx(0.0)
+    assert lr_factor(55, 10, 100, "cosine", 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(100, 10, 100, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(500, 10, 100, "constant", 0.0) == 1.0
+    with pytest.raises(ValueError, match="model.optim.schedule='step'"):
+        OptimConfig(schedule="step")
+
+
+@pytest.mark.parametrize("precision, fused", [(Precision(), True), (MixedPrecision("bf16-mixed", "cpu"), False)])
+def test_adamw_decays_matrices_only_and_steps_the_schedule_per_step(precision, fused):
+    model = MaskedLM(config=TINY, optim=OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=4))
+    model.trainer = SimpleNamespace(estimated_stepping_batches=20, precision_plugin=precision)
+    conf = model.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]
+    assert sched["interval"] == "step" and opt.defaults["fused"] is fused
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim == 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    norm_weights = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.LayerNorm)}
+    assert norm_weights <= {id(p) for p in no_decay["params"]}
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched["scheduler"].step()
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3 * 15 / 16])
+
+
+def test_causal_objective_forces_decoder_mode_and_learns_a_pattern():
+    torch.manual_seed(0)
+    model = CausalLM(config=TINY)
+    assert model.config.causal and not MaskedLM(config=TINY).config.causal
+    # A repeating sequence is learnable only by looking back: loss must fall far below log(V).
+    ids = torch.arange(10, 40).repeat(4, 2)[:, :33]
+    batch = {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = model.loss_parts(batch)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert loss.item() < 0.1 * math.log(120)
