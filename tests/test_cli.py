@@ -111,6 +111,11 @@ def test_sequence_longer_than_positions_is_refused(tmp_path, capsys, cache_dir):
     assert "data.seq_length=256 exceeds model.config.max_position_embeddings=128" in err
 
 
+def test_model_vocabulary_must_match_the_tokenizer(tmp_path, capsys, cache_dir):
+    err = cli_error(["fit", *tiny_args("bert", tmp_path, "--model.init_args.config.vocab_size", "5000")], capsys)
+    assert "model.config.vocab_size=5000 (from the config" in err and "does not match the tokenizer" in err and "2000 tokens" in err
+
+
 def test_bad_checkpoints_are_refused_with_reasons(tmp_path, capsys, cache_dir):
     root = tmp_path / "bert"
     run_cli(["fit", *tiny_args("bert", root, "--trainer.max_steps", "3")])
@@ -123,11 +128,15 @@ def test_bad_checkpoints_are_refused_with_reasons(tmp_path, capsys, cache_dir):
     # Another objective.
     err = cli_error(["fit", *tiny_args("gpt", tmp_path / "g", "--ckpt_path", str(ckpt))], capsys)
     assert "holds a MaskedLM model, but this run's objective is CausalLM" in err and str(ckpt) in err
-    # Another tokenizer (same size, different vocabulary).
+    # Another tokenizer of another size.
     other = write_corpus(tmp_path / "other.txt", n_docs=60)
     err = cli_error(["fit", *tiny_args("bert", tmp_path / "b3", "--data.init_args.train_files", str(other),
                                        "--data.init_args.vocab_size", "500", "--ckpt_path", str(ckpt))], capsys)
-    assert "trained with another tokenizer" in err
+    assert "model.config.vocab_size=2000 (from the config, or from the checkpoint being loaded) does not match" in err
+    # Another tokenizer of the same size: its identity (sha) differs.
+    err = cli_error(["fit", *tiny_args("bert", tmp_path / "b4", "--data.init_args.tokenizer_kind", "unigram",
+                                       "--ckpt_path", str(ckpt))], capsys)
+    assert "trained with another tokenizer" in err and "vocabulary 2000" in err
 
 
 def test_mixed_precision_accumulation_and_clipping_are_trainer_flags(tmp_path, cache_dir):

@@ -79,28 +79,31 @@ class PretrainObjective(L.LightningModule):
         return getattr(trainer, "datamodule", None) if trainer is not None else None
 
     def configure_model(self) -> None:
-        if self.transformer is not None:
-            return
+        """Build the stack and heads once the vocabulary is known (from the data's tokenizer), and
+        check the model against the data even when it was built before (from hyper-parameters)."""
         dm = self._datamodule()
         tokenizer = getattr(dm, "tokenizer", None)
-        if tokenizer is not None:
-            if self.config.vocab_size not in (None, tokenizer.vocab_size):
-                raise CheckpointMismatchError(
-                    f"model.config.vocab_size={self.config.vocab_size} does not match the tokenizer "
-                    f"({tokenizer.source}, {tokenizer.vocab_size} tokens)"
-                )
-            self.config = dataclasses.replace(self.config, vocab_size=tokenizer.vocab_size)
-                # Record the resolved size, so that the checkpoint's hyper-parameters rebuild the same model.
-            hp = self.hparams["config"]  # a dict when LightningCLI instantiated us, else a ModelConfig
-            if isinstance(hp, dict):
-                hp["vocab_size"] = tokenizer.vocab_size
-            else:
-                self.hparams["config"] = dataclasses.replace(hp, vocab_size=tokenizer.vocab_size)
+        if tokenizer is not None and self.config.vocab_size not in (None, tokenizer.vocab_size):
+            raise CheckpointMismatchError(
+                f"model.config.vocab_size={self.config.vocab_size} (from the config, or from the checkpoint being "
+                f"loaded) does not match the tokenizer ({tokenizer.source}, {tokenizer.vocab_size} tokens); "
+                "a checkpoint needs the tokenizer.json of its run (data.tokenizer)"
+            )
         if dm is not None and getattr(dm, "seq_length", None) and dm.seq_length > self.config.max_position_embeddings:
             raise ValueError(
                 f"data.seq_length={dm.seq_length} exceeds model.config.max_position_embeddings="
                 f"{self.config.max_position_embeddings}"
             )
+        if self.transformer is not None:
+            return
+        if tokenizer is not None and self.config.vocab_size is None:
+            self.config = dataclasses.replace(self.config, vocab_size=tokenizer.vocab_size)
+            # Record the resolved size, so that the checkpoint's hyper-parameters rebuild the same model.
+            hp = self.hparams["config"]  # a dict when LightningCLI instantiated us, else a ModelConfig
+            if isinstance(hp, dict):
+                hp["vocab_size"] = tokenizer.vocab_size
+            else:
+                self.hparams["config"] = dataclasses.replace(hp, vocab_size=tokenizer.vocab_size)
         self.transformer = Transformer(self.config)
         self.build_heads()
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
