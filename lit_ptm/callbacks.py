@@ -27,12 +27,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
-        if not Path(path).is_file():
-            raise CheckpointError(f"checkpoint {path} does not exist")
-        try:
-            return torch.load(path, map_location=map_location or "cpu", weights_only=False)
-        except Exception as e:  # zip errors, unpickling errors, EOF: all mean a damaged file
-            raise CheckpointError(f"checkpoint {path} cannot be read: it is corrupt or truncated ({type(e).__name__}: {e})") from e
+        return read_checkpoint(path, map_location=map_location or "cpu", weights_only=False)
+
+
+def read_checkpoint(path, **load_kwargs) -> dict[str, Any]:
+    """``torch.load`` that names the file when it is missing, truncated or corrupt."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, **load_kwargs)
+    except Exception as e:  # zip errors, unpickling errors, EOF: all mean a damaged file
+        raise CheckpointError(f"checkpoint {path} cannot be read: it is corrupt or truncated ({type(e).__name__}: {e})") from e
 
 
 class RunCheckpoint(ModelCheckpoint):

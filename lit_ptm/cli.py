@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import pickle
 import sys
 import warnings
 from pathlib import Path
 
-import torch
-
 from lightning.pytorch.cli import LightningCLI
 
-from lit_ptm.callbacks import CheckpointError, RunCheckpoint
+from lit_ptm.callbacks import RunCheckpoint, read_checkpoint
 from lit_ptm.data import PretrainDataModule
 from lit_ptm.objectives import PretrainObjective
 from lit_ptm.objectives.base import CheckpointMismatchError
@@ -30,10 +27,7 @@ class LitPtmCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path and Path(path).is_file():
-            try:
-                meta = torch.load(path, mmap=True, weights_only=True, map_location="cpu").get("lit_ptm", {})
-            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-                raise CheckpointError(f"checkpoint {path} cannot be read: it is corrupt or truncated ({type(e).__name__}: {e})") from e
+            meta = read_checkpoint(path, mmap=True, weights_only=True, map_location="cpu").get("lit_ptm", {})
             configured = self.config[subcommand].model.class_path.rsplit(".", 1)[-1]
             if meta.get("objective") not in (None, configured):
                 raise CheckpointMismatchError(
