@@ -148,3 +148,16 @@ def test_mixed_precision_accumulation_and_clipping_are_trainer_flags(tmp_path, c
     assert state["batches"] == 12  # two batches per optimizer step, both counted for resume
     losses = scalars(root, "train/loss")
     assert all(math.isfinite(v) for v in losses.values())
+
+
+def test_sharing_and_factorised_embeddings_are_flags_of_any_objective(tmp_path, cache_dir):
+    """A GPT with ALBERT's factorised embeddings and all-shared layers, from flags alone, learns."""
+    flags = ["--model.init_args.config.share", "all", "--model.init_args.config.embedding_size", "32",
+             "--model.init_args.config.num_layers", "4", "--trainer.max_steps", "150"]
+    root = tmp_path / "albert-gpt"
+    before = run_cli(["validate", *tiny_args("gpt", root, *flags)]).trainer.callback_metrics["val/loss"].item()
+    cli = run_cli(["fit", *tiny_args("gpt", root, *flags)])
+    model = cli.model
+    assert model.transformer.embeddings.tokens.weight.shape[1] == 32
+    assert all(b is model.transformer.blocks[0] for b in model.transformer.blocks)
+    assert cli.trainer.callback_metrics["val/loss"].item() < before - 1.0

@@ -132,3 +132,54 @@ def test_fused_linear_cross_entropy_matches_autograd(monkeypatch, with_bias, sca
         assert torch.allclose(ours, p.grad, rtol=1e-4, atol=1e-5)
     with torch.no_grad():  # evaluation: the same loss, no gradient buffers
         assert losses.linear_cross_entropy(h * 2, w, b, t)[0].item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())  # parameters() yields a shared tensor once
+
+
+def test_all_shared_layers_hold_one_layers_parameters_whatever_the_depth():
+    shallow, deep = model(share="all", num_layers=2), model(share="all", num_layers=6)
+    assert n_params(shallow) == n_params(deep)
+    assert all(b is deep.blocks[0] for b in deep.blocks)
+    unshared = model(num_layers=6)
+    per_block = n_params(unshared.blocks[0])
+    assert n_params(unshared) - n_params(deep) == 5 * per_block
+    # Gradients from every layer reach the one shared layer.
+    deep.train()
+    deep(torch.randint(5, 99, (2, 8))).pow(2).mean().backward()
+    grads = [p.grad for p in deep.blocks[0].parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("share, shared, own", [("attention", "attention", "ffn"), ("ffn", "ffn", "attention")])
+def test_partial_sharing_shares_one_sub_layer(share, shared, own):
+    m = model(share=share, num_layers=4)
+    for block in m.blocks[1:]:
+        assert getattr(block, shared) is getattr(m.blocks[0], shared)
+        assert getattr(block, own) is not getattr(m.blocks[0], own)
+    sub = n_params(getattr(m.blocks[0], shared)) + n_params(getattr(m.blocks[0], f"{shared}_norm"))
+    assert n_params(model(num_layers=4)) - n_params(m) == 3 * sub
+
+
+@pytest.mark.parametrize("transform", [True, False])
+def test_factorised_embeddings_project_to_hidden_and_back(transform):
+    m = model(embedding_size=8, lm_head_transform=transform)
+    assert m.embeddings.tokens.weight.shape == (99, 8) and m.embeddings.project.weight.shape == (32, 8)
+    assert m.embeddings.positions.weight.shape == (40, 8) and m.embeddings.norm.normalized_shape == (8,)
+    h = m(torch.randint(5, 99, (2, 6)))
+    assert h.shape == (2, 6, 32)
+    head = LMHead(m.config, m.embeddings.tokens)
+    assert head(h.flatten(0, 1)).shape == (12, 99)
+    loss, _ = head.loss(h.flatten(0, 1), torch.randint(0, 99, (12,)))
+    loss.backward()
+    assert m.embeddings.tokens.weight.grad is not None and m.embeddings.project.weight.grad is not None
+    # V x E + E x H instead of V x H.
+    assert n_params(model()) - n_params(model(embedding_size=8)) == (99 + 40 + 2) * (32 - 8) + 2 * (32 - 8) - (8 * 32 + 32)
+
+
+def test_sharing_and_embedding_size_are_validated():
+    with pytest.raises(ValueError, match="model.config.share='layers'"):
+        ModelConfig(share="layers")
+    with pytest.raises(ValueError, match="model.config.embedding_size=0"):
+        ModelConfig(embedding_size=0)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 NORM_POSITIONS = ("post", "pre")
 POSITION_EMBEDDINGS = ("learned", "none")
+SHARING = ("none", "all", "attention", "ffn")
 
 
 @dataclass(frozen=True)
@@ -20,9 +21,11 @@ class ModelConfig:
 
     vocab_size: int | None = None  # None: the tokenizer's vocabulary size
     hidden_size: int = 768
+    embedding_size: int | None = None  # None: hidden_size; ALBERT's factorisation: V x E, then E -> H
     num_layers: int = 12
     num_heads: int = 12
     intermediate_size: int | None = None  # None: 4 * hidden_size
+    share: str = "none"  # cross-layer sharing: none | all (ALBERT) | attention | ffn
     max_position_embeddings: int = 512
     type_vocab_size: int = 0  # segment (token type) embeddings; 0: none
     position_embedding: str = "learned"  # learned | none
@@ -56,6 +59,10 @@ class ModelConfig:
             bad("activation", f"is not one of {', '.join(ACTIVATIONS)}")
         if self.norm_position not in NORM_POSITIONS:
             bad("norm_position", f"is not one of {', '.join(NORM_POSITIONS)}")
+        if self.share not in SHARING:
+            bad("share", f"is not one of {', '.join(SHARING)}")
+        if self.embedding_size is not None and self.embedding_size < 1:
+            bad("embedding_size", "must be positive")
         if self.position_embedding not in POSITION_EMBEDDINGS:
             bad("position_embedding", f"is not one of {', '.join(POSITION_EMBEDDINGS)}")
         for key in ("dropout", "attention_dropout"):
@@ -65,6 +72,10 @@ class ModelConfig:
     @property
     def ffn_size(self) -> int:
         return self.intermediate_size or 4 * self.hidden_size
+
+    @property
+    def embed_size(self) -> int:
+        return self.embedding_size or self.hidden_size
 
     @property
     def head_size(self) -> int:

@@ -19,21 +19,23 @@ class LMHead(nn.Module):
 
     def __init__(self, config: ModelConfig, embedding: nn.Embedding):
         super().__init__()
-        H = config.hidden_size
-        self.transform = (
-            nn.Sequential(
-                nn.Linear(H, H), _Activation(config.activation), nn.LayerNorm(H, eps=config.norm_eps)
-            ) if config.lm_head_transform else nn.Identity()
-        )
+        H, E = config.hidden_size, config.embed_size
+        # BERT: dense + activation + norm; ALBERT's dense also maps H -> E for the factorised output
+        # embedding; without a transform, a factorised model still needs that projection.
+        if config.lm_head_transform:
+            self.transform = nn.Sequential(nn.Linear(H, E), _Activation(config.activation), nn.LayerNorm(E, eps=config.norm_eps))
+        else:
+            self.transform = nn.Linear(H, E, bias=False) if E != H else nn.Identity()
         self.embedding = embedding if config.tie_word_embeddings else None
-        self.weight = None if config.tie_word_embeddings else nn.Parameter(torch.empty(config.vocab_size, H))
+        self.weight = None if config.tie_word_embeddings else nn.Parameter(torch.empty(config.vocab_size, E))
         self.bias = nn.Parameter(torch.zeros(config.vocab_size)) if config.lm_head_bias else None
         if self.weight is not None:
             nn.init.normal_(self.weight, std=config.init_std)
         for m in self.transform.modules():
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=config.init_std)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     @property
     def output_weight(self) -> torch.Tensor:

@@ -16,14 +16,13 @@ class Embeddings(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.max_positions = config.max_position_embeddings
-        self.tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.positions = (
-            nn.Embedding(config.max_position_embeddings, config.hidden_size)
-            if config.position_embedding == "learned" else None
-        )
-        self.token_types = nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size else None
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps) if config.embedding_norm else None
+        E = config.embed_size  # ALBERT: every embedding in E dimensions, then one projection to H
+        self.tokens = nn.Embedding(config.vocab_size, E)
+        self.positions = nn.Embedding(config.max_position_embeddings, E) if config.position_embedding == "learned" else None
+        self.token_types = nn.Embedding(config.type_vocab_size, E) if config.type_vocab_size else None
+        self.norm = nn.LayerNorm(E, eps=config.norm_eps) if config.embedding_norm else None
         self.dropout = nn.Dropout(config.dropout)
+        self.project = nn.Linear(E, config.hidden_size) if E != config.hidden_size else None
 
     def forward(self, input_ids, position_ids=None, token_type_ids=None) -> torch.Tensor:
         T = input_ids.size(1)
@@ -39,7 +38,8 @@ class Embeddings(nn.Module):
             x = x + (self.token_types.weight[0] if token_type_ids is None else self.token_types(token_type_ids))
         if self.norm is not None:
             x = self.norm(x)
-        return self.dropout(x)
+        x = self.dropout(x)
+        return self.project(x) if self.project is not None else x  # (B, T, H)
 
 
 class Transformer(nn.Module):
@@ -51,13 +51,28 @@ class Transformer(nn.Module):
             raise ValueError("model.config.vocab_size is not set (it is taken from the tokenizer when training)")
         self.config = config
         self.embeddings = Embeddings(config)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.blocks = nn.ModuleList(self._shared_blocks(config))
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps) if config.final_norm else None
         self.apply(self._init_weights)
         if config.scale_residual_init:
             for block in self.blocks:
                 for proj in (block.attention.out, block.ffn.down):
                     nn.init.normal_(proj.weight, std=config.init_std / math.sqrt(2 * config.num_layers))
+
+    @staticmethod
+    def _shared_blocks(config: ModelConfig) -> list[Block]:
+        """The blocks, with ALBERT's cross-layer sharing: every layer reuses the first layer's
+        modules (all), or only its attention or feed-forward sub-layer (with that sub-layer's norm)."""
+        first = Block(config)
+        if config.share == "all":
+            return [first] * config.num_layers
+        blocks = [first] + [Block(config) for _ in range(config.num_layers - 1)]
+        for block in blocks[1:]:
+            if config.share == "attention":
+                block.attention, block.attention_norm = first.attention, first.attention_norm
+            elif config.share == "ffn":
+                block.ffn, block.ffn_norm = first.ffn, first.ffn_norm
+        return blocks
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):

@@ -1,0 +1,48 @@
+"""Size presets reproduce the papers' parameter counts (within 3%), counted on the meta device.
+
+What is counted: everything the objective's module holds, which is what Lightning's model summary
+prints at the start of fit: embeddings, blocks, final norm and the LM head (its transform and bias;
+a tied output matrix once). No pooler: BERT's pooled [CLS] head arrives with NSP, which is why
+BERT's figures sit ~0.5 M below the published ones that include it.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+import yaml
+
+from conftest import CONFIGS
+from lit_ptm.nn import ModelConfig
+from lit_ptm.objectives import CausalLM, MaskedLM
+
+OBJECTIVES = {"lit_ptm.objectives.MaskedLM": MaskedLM, "lit_ptm.objectives.CausalLM": CausalLM}
+
+
+def count(recipe: str, size: str) -> int:
+    base = yaml.safe_load((CONFIGS / recipe).read_text())
+    preset = yaml.safe_load((CONFIGS / "sizes" / size).read_text())
+    config = {**base["model"]["init_args"]["config"], **preset["model"]["init_args"]["config"]}
+    config["vocab_size"] = base["data"]["init_args"]["vocab_size"]  # the recipe's tokenizer size
+    objective = OBJECTIVES[base["model"]["class_path"]]
+    with torch.device("meta"):
+        module = objective(config=ModelConfig(**config))
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("recipe, size, published", [
+    ("bert.yaml", "base.yaml", 110e6),
+    ("bert.yaml", "large.yaml", 340e6),
+    ("gpt.yaml", "base.yaml", 124e6),  # GPT-2 small
+    ("gpt.yaml", "large.yaml", 355e6),  # GPT-2 medium
+    ("roberta.yaml", "base.yaml", 125e6),
+])
+def test_size_presets_match_published_parameter_counts(recipe, size, published):
+    n = count(recipe, size)
+    assert abs(n - published) / published < 0.03, f"{recipe} + {size}: {n:,} parameters, published {published:,.0f}"
+
+
+def test_exact_counts_of_the_reference_architectures():
+    # HF BertForMaskedLM (bert-base-uncased, no pooler) and GPT2LMHeadModel (gpt2) hold exactly these.
+    assert count("bert.yaml", "base.yaml") == 109_514_298
+    assert count("gpt.yaml", "base.yaml") == 124_439_808
