@@ -142,7 +142,7 @@ class PretrainDataModule(L.LightningDataModule):
         mode = self._packing()
         # Contiguous windows are L + 1 tokens: inputs and labels shifted by one.
         for split, (split_store, doc_ids) in docs.items():
-            windows = build_windows(mode, split_store, doc_ids, self.seq_length, self.tokenizer.ids)
+            windows = build_windows(mode, split_store, doc_ids, self.seq_length, self.tokenizer.ids, seed=self.seed)
             if len(windows) == 0:
                 raise CorpusError(f"the {split} split holds too little text for one window of data.seq_length={self.seq_length}")
             self.datasets[split] = WindowDataset(windows)

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, Sampler
 from lit_ptm.data.store import TokenStore
 from lit_ptm.tokenizer import SpecialIds
 
-PACKING_MODES = ("contiguous", "full_sentences", "doc_sentences")
+PACKING_MODES = ("contiguous", "full_sentences", "doc_sentences", "nsp_pairs", "sop_pairs")
 
 
 class ContiguousWindows:
@@ -115,7 +115,9 @@ class SentenceWindows:
         }
 
 
-def build_windows(mode: str, store: TokenStore, doc_ids: np.ndarray, seq_length: int, ids: SpecialIds):
+def build_windows(mode: str, store: TokenStore, doc_ids: np.ndarray, seq_length: int, ids: SpecialIds, seed: int = 0):
+    if mode in ("nsp_pairs", "sop_pairs"):
+        return PairWindows(store, doc_ids, seq_length, ids, task=mode[:3], seed=seed)
     if mode == "contiguous":
         return ContiguousWindows(store, doc_ids, seq_length, ids)
     if mode in ("full_sentences", "doc_sentences"):
@@ -182,3 +184,72 @@ class ResumableSampler(Sampler):
             self._resume = None
         epoch = self.epoch
         return iter([(epoch, i) for i in indices.tolist()])
+
+
+class PairWindows:
+    """Sentence pairs for NSP (BERT) and SOP (ALBERT), built once per split as in BERT's
+    ``create_pretraining_data``: sentences of a document are collected up to a target length
+    (``length - 3``; with probability ``short_seq_prob`` a random shorter one, drawn per document),
+    and the chunk is split at a random sentence boundary into A and B.
+
+    NSP: with probability 0.5, and always when the chunk holds one sentence, B is taken from a random
+    other document (label 1) and the chunk's unused sentences are put back to start the next chunk, so
+    no sentence is silently dropped; otherwise B is the rest of the chunk (label 0).
+    SOP: B is always the rest of the chunk (a one-sentence chunk is cut in the middle); the collator
+    swaps A and B with probability 0.5 each time the sample is drawn (label 1 when swapped).
+
+    An item is ``{"a": ids, "b": ids, "a_word_start", "b_word_start", "label"}``; the collator trims,
+    lays out ``[CLS] A [SEP] B [SEP]`` and masks.
+    """
+
+    def __init__(self, store: TokenStore, doc_ids: np.ndarray, length: int, ids: SpecialIds, task: str,
+                 seed: int, short_seq_prob: float = 0.1):
+        if task not in ("nsp", "sop"):
+            raise ValueError(f"pair task {task!r} is not nsp or sop")
+        if task == "nsp" and len(doc_ids) < 2:
+            raise ValueError("next-sentence prediction needs at least two documents in the split")
+        self.store, self.task = store, task
+        self.max_tokens = max_tokens = length - 3
+        rng = np.random.default_rng(seed)
+        offsets = store.sent_offsets
+        pairs: list[tuple[int, int, int, int, int]] = []  # token ranges [a0, a1), [b0, b1) and the NSP label
+        for k, d in enumerate(doc_ids):
+            first, last = int(store.doc_sents[d]), int(store.doc_sents[d + 1])
+            target = max_tokens if rng.random() >= short_seq_prob else int(rng.integers(2, max_tokens + 1))
+            chunk_start, used, i = first, 0, first
+            while i < last:
+                used += int(offsets[i + 1] - offsets[i])
+                if i == last - 1 or used >= target:
+                    n = i + 1 - chunk_start
+                    a_sents = 1 if n == 1 else int(rng.integers(1, n))
+                    a0, a1 = int(offsets[chunk_start]), int(offsets[chunk_start + a_sents])
+                    if task == "nsp" and (n == 1 or rng.random() < 0.5):
+                        other = int(doc_ids[(k + int(rng.integers(1, len(doc_ids)))) % len(doc_ids)])  # never d
+                        o_first, o_last = int(store.doc_sents[other]), int(store.doc_sents[other + 1])
+                        start = int(rng.integers(o_first, o_last))
+                        stop = start + 1
+                        while stop < o_last and offsets[stop] - offsets[start] < target - (a1 - a0):
+                            stop += 1
+                        pairs.append((a0, a1, int(offsets[start]), int(offsets[stop]), 1))
+                        i = chunk_start + a_sents - 1  # put the unused sentences back
+                    elif n == 1:  # one sentence: cut it in two (SOP)
+                        mid = (a0 + a1) // 2
+                        if mid > a0:
+                            pairs.append((a0, mid, mid, a1, 0))
+                    else:
+                        pairs.append((a0, a1, a1, int(offsets[i + 1]), 0))
+                    chunk_start, used = i + 1, 0
+                i += 1
+        self.pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 5)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, k: int) -> dict:
+        a0, a1, b0, b1, label = self.pairs[k].tolist()
+        tokens, starts = self.store.tokens, self.store.word_start
+        return {
+            "a": torch.from_numpy(tokens[a0:a1].astype(np.int64)), "b": torch.from_numpy(tokens[b0:b1].astype(np.int64)),
+            "a_word_start": torch.from_numpy(starts[a0:a1].astype(bool)), "b_word_start": torch.from_numpy(starts[b0:b1].astype(bool)),
+            "label": label, "max_tokens": self.max_tokens,
+        }

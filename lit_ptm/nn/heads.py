@@ -57,3 +57,19 @@ class _Activation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)
+
+
+class PairHead(nn.Module):
+    """BERT's pooler (dense + tanh on the [CLS] state) and a two-way classifier, for NSP and SOP."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.classifier = nn.Linear(config.hidden_size, 2)
+        for m in (self.pooler, self.classifier):
+            nn.init.normal_(m.weight, std=config.init_std)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (B, T, H) -> logits (B, 2), from the first ([CLS]) position."""
+        return self.classifier(torch.tanh(self.pooler(hidden[:, 0])))

@@ -106,7 +106,9 @@ class PretrainObjective(L.LightningModule):
                 self.hparams["config"] = dataclasses.replace(hp, vocab_size=tokenizer.vocab_size)
         self.transformer = Transformer(self.config)
         self.build_heads()
+        # Per evaluation split: the objective's loss, and the LM part of it (for perplexity).
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_lm_loss, self.test_lm_loss = MeanMetric(), MeanMetric()
 
     def build_heads(self) -> None:
         raise NotImplementedError
@@ -149,17 +151,17 @@ class PretrainObjective(L.LightningModule):
 
     def _eval_step(self, split: str, batch):
         parts = self.loss_parts(batch)
-        metric = self.val_loss if split == "val" else self.test_loss
-        metric.update(parts["loss"].detach(), weight=parts["num_predicted"])
+        getattr(self, f"{split}_loss").update(parts["loss"].detach(), weight=parts["num_predicted"])
+        getattr(self, f"{split}_lm_loss").update(parts.get("lm_loss", parts["loss"]).detach(), weight=parts["num_predicted"])
         self.log_extra(split, parts, batch)
 
     def _eval_epoch_end(self, split: str):
-        metric = self.val_loss if split == "val" else self.test_loss
-        loss = metric.compute()
-        metric.reset()
+        loss, lm_loss = getattr(self, f"{split}_loss"), getattr(self, f"{split}_lm_loss")
         # compute() already reduced over ranks; sync_dist only averages identical values (and silences the warning).
-        self.log(f"{split}/loss", loss, prog_bar=split == "val", sync_dist=True)
-        self.log(f"{split}/ppl", torch.exp(loss.clamp(max=50)), sync_dist=True)
+        self.log(f"{split}/loss", loss.compute(), prog_bar=split == "val", sync_dist=True)
+        self.log(f"{split}/ppl", torch.exp(lm_loss.compute().clamp(max=50)), sync_dist=True)
+        loss.reset()
+        lm_loss.reset()
 
     def validation_step(self, batch, batch_idx):
         self._eval_step("val", batch)

@@ -8,5 +8,9 @@ resumed run rebuilds it. The corruption itself is vectorised over the whole batc
 from lit_ptm.data.collate.common import pad_windows, sample_noise, sample_seed
 from lit_ptm.data.collate.causal import CausalLMCollator
 from lit_ptm.data.collate.masking import MLMCollator, mask_tokens
+from lit_ptm.data.collate.pairs import PairMLMCollator, truncated_lengths
 
-__all__ = ["CausalLMCollator", "MLMCollator", "mask_tokens", "pad_windows", "sample_noise", "sample_seed"]
+__all__ = [
+    "CausalLMCollator", "MLMCollator", "PairMLMCollator", "mask_tokens", "pad_windows", "sample_noise", "sample_seed",
+    "truncated_lengths",
+]
