@@ -9,7 +9,7 @@ import torch
 
 from conftest import CONFIGS, ROOT, run_cli, run_module, scalars, tiny_args, write_corpus
 
-RECIPES = ["gpt", "bert", "roberta"]
+RECIPES = ["gpt", "bert", "roberta", "albert"]
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -28,12 +28,13 @@ def test_recipe_lowers_validation_loss_and_tests(recipe, tmp_path, cache_dir):
         assert scalars(root, tag), tag
     if recipe != "gpt":
         assert scalars(root, "val/mlm_acc") and scalars(root, "train/mlm_acc")
-    if recipe == "bert":  # MLM + NSP: each loss part and the pair accuracy
-        for tag in ("train/mlm_loss", "train/nsp_loss", "train/nsp_acc", "val/nsp_loss", "val/nsp_acc"):
+    task = {"bert": "nsp", "albert": "sop"}.get(recipe)
+    if task:  # MLM + a pair task: each loss part and the pair accuracy
+        for tag in ("train/mlm_loss", f"train/{task}_loss", f"train/{task}_acc", f"val/{task}_loss", f"val/{task}_acc"):
             assert scalars(root, tag), tag
     # `test` on held-out documents reports loss and perplexity.
     tested = run_cli(["test", *tiny_args(recipe, root), "--ckpt_path", str(root / "last.ckpt")]).trainer.callback_metrics
-    if recipe == "bert":  # loss = MLM + NSP; perplexity is the MLM part's
+    if task:  # loss = MLM + pair task; perplexity is the MLM part's
         assert tested["test/ppl"].item() == pytest.approx(math.exp(tested["test/mlm_loss"].item()), rel=0.05)
         assert tested["test/ppl"].item() < math.exp(tested["test/loss"].item())
     else:

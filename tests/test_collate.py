@@ -132,3 +132,44 @@ def test_batches_count_their_real_tokens(tok):
     assert MLMCollator(tok.ids, seed=0)(samples)["num_tokens"] == sum(len(s["ids"]) for s in samples)
     causal = CausalLMCollator(tok.ids)(samples)
     assert causal["num_tokens"] == sum(len(s["ids"]) - 1 for s in samples) == int((causal["labels"] != -100).sum())
+
+
+def test_ngram_masking_takes_whole_word_ngrams_with_p_proportional_to_1_over_n(tok):
+    from lit_ptm.data.collate.masking import select_ngrams
+
+    # Rows of 120 one-token words (word ids known), so that n-grams are easy to read back.
+    B, L = 4000, 120
+    g = torch.Generator().manual_seed(0)
+    candidate = torch.ones(B, L, dtype=torch.bool)
+    candidate[:, 0] = candidate[:, -1] = False  # [CLS] ... [SEP]
+    starts = torch.ones(B, L, dtype=torch.bool)
+    budget = torch.full((B,), 18)
+    selected = select_ngrams(candidate, starts, budget, torch.rand(B, L, generator=g), torch.rand(B, L, generator=g), 3)
+    assert (selected.sum(1) <= budget).all() and selected.sum().item() / (B * 18) > 0.97
+    assert not selected[:, 0].any() and not selected[:, -1].any()
+    # Lengths of the runs of selected words: at 15% density n-grams rarely touch, so runs of 1, 2, 3
+    # words come in the proportions 6/11, 3/11, 2/11 (touching n-grams and budget shrinking blur it a little).
+    padded = torch.nn.functional.pad(selected.int(), (1, 1))
+    edges = padded[:, 1:] - padded[:, :-1]
+    run_lengths = (edges == -1).nonzero()[:, 1] - (edges == 1).nonzero()[:, 1]
+    counts = torch.bincount(run_lengths, minlength=7)[1:4].float()
+    freq = counts / counts.sum()
+    assert abs(freq[0] - 6 / 11) < 0.06 and abs(freq[1] - 3 / 11) < 0.05 and abs(freq[2] - 2 / 11) < 0.05, freq
+
+
+def test_ngram_masking_in_the_collator_keeps_words_whole(tok):
+    collate = MLMCollator(tok.ids, seed=3, max_ngram=3)
+    samples = windows(tok, 500)
+    batch = collate(samples)
+    selected = batch["labels"] != -100
+    for s, row in zip(samples, selected):
+        starts = s["word_start"].tolist()
+        sel = row[: len(starts)].tolist()
+        word, words = -1, {}
+        for st, x in zip(starts, sel):
+            word += st
+            words.setdefault(word, set()).add(x)
+        assert all(len(v) == 1 for v in words.values())
+    special = torch.isin(torch.nn.utils.rnn.pad_sequence([s["ids"] for s in samples], batch_first=True), torch.tensor(tok.ids.special))
+    rate = selected.sum() / (~special).sum()
+    assert 0.12 < rate.item() <= 0.15

@@ -20,13 +20,16 @@ class MaskedLM(PretrainObjective):
 
     def __init__(
         self, config: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig(),
-        mlm_probability: float = 0.15, whole_word_mask: bool = False, pair_task: str = "none",
+        mlm_probability: float = 0.15, whole_word_mask: bool = False, max_ngram: int = 1, pair_task: str = "none",
     ):
         if not 0.0 < mlm_probability < 1.0:
             raise ValueError(f"model.mlm_probability={mlm_probability} must be in (0, 1)")
         if pair_task not in ("none", "nsp", "sop"):
             raise ValueError(f"model.pair_task={pair_task!r} is not one of none, nsp, sop")
+        if max_ngram < 1:
+            raise ValueError(f"model.max_ngram={max_ngram} must be at least 1")
         self.mlm_probability, self.whole_word_mask, self.pair_task = mlm_probability, whole_word_mask, pair_task
+        self.max_ngram = max_ngram  # > 1: ALBERT's n-gram masking over whole words, p(n) ~ 1/n
         # The packing this objective needs: sentence pairs for a pair task, else whole-sentence windows.
         self.packing = "doc_sentences" if pair_task == "none" else f"{pair_task}_pairs"
         super().__init__(config, optim)
@@ -45,8 +48,8 @@ class MaskedLM(PretrainObjective):
 
     def collator(self, ids, seed, isolate_documents):
         if self.pair_task != "none":
-            return PairMLMCollator(ids, seed, self.pair_task, self.mlm_probability, self.whole_word_mask)
-        return MLMCollator(ids, seed, self.mlm_probability, self.whole_word_mask, isolate_documents)
+            return PairMLMCollator(ids, seed, self.pair_task, self.mlm_probability, self.whole_word_mask, self.max_ngram)
+        return MLMCollator(ids, seed, self.mlm_probability, self.whole_word_mask, isolate_documents, self.max_ngram)
 
     def forward(self, input_ids, **kw) -> torch.Tensor:
         return self.lm_head(self.transformer(input_ids, **kw))

@@ -28,8 +28,11 @@ class PairMLMCollator:
     """Lays out pairs from ``PairWindows``, trims the longer side from a random end, swaps SOP pairs,
     and masks for MLM. Every random choice comes from the sample's own (seed, epoch, index) stream."""
 
-    def __init__(self, ids: SpecialIds, seed: int, task: str, probability: float = 0.15, whole_word_mask: bool = False):
+    def __init__(self, ids: SpecialIds, seed: int, task: str, probability: float = 0.15, whole_word_mask: bool = False,
+                 max_ngram: int = 1):
         self.ids, self.seed, self.task, self.probability, self.whole_word_mask = ids, seed, task, probability, whole_word_mask
+        self.max_ngram = max_ngram
+        self.noise_rows = 4 if max_ngram > 1 else 3
         self.regular_ids = ids.regular_ids()
         self.is_special = ids.special_table()
 
@@ -59,14 +62,16 @@ class PairMLMCollator:
                 # segment 0 up to and including the first [SEP], 1 after
                 "token_type": torch.cat([torch.zeros(len(a) + 2, dtype=torch.long), torch.ones(len(b) + 1, dtype=torch.long)]),
             })
-            noises.append(torch.rand(3, len(ids), generator=g))
+            noises.append(torch.rand(self.noise_rows, len(ids), generator=g))
             labels.append(label)
         ids = pad_windows(rows, "ids", self.ids.pad)
-        noise = torch.ones(len(rows), 3, ids.size(1))
+        noise = torch.ones(len(rows), self.noise_rows, ids.size(1))
         for i, n in enumerate(noises):
             noise[i, :, : n.size(1)] = n
-        word_start = pad_windows(rows, "word_start", True) if self.whole_word_mask else None
-        input_ids, mlm_labels = mask_tokens(ids, self.is_special[ids], noise, self.regular_ids, self.ids.mask, self.probability, word_start)
+        word_start = pad_windows(rows, "word_start", True) if self.whole_word_mask or self.max_ngram > 1 else None
+        input_ids, mlm_labels = mask_tokens(
+            ids, self.is_special[ids], noise, self.regular_ids, self.ids.mask, self.probability, word_start, self.max_ngram
+        )
         lengths = torch.tensor([len(r["ids"]) for r in rows])
         batch = {
             "input_ids": input_ids, "labels": mlm_labels, "token_type_ids": pad_windows(rows, "token_type", 0),
