@@ -192,9 +192,10 @@ class PairWindows:
     (``length - 3``; with probability ``short_seq_prob`` a random shorter one, drawn per document),
     and the chunk is split at a random sentence boundary into A and B.
 
-    NSP: with probability 0.5, and always when the chunk holds one sentence, B is taken from a random
-    other document (label 1) and the chunk's unused sentences are put back to start the next chunk, so
-    no sentence is silently dropped; otherwise B is the rest of the chunk (label 0).
+    NSP: always when the chunk holds one sentence, and otherwise with a probability chosen so that half
+    of all pairs are random (0.5 minus the one-sentence excess), B is taken from a random other
+    document (label 1) and the chunk's unused sentences are put back to start the next chunk, so no
+    sentence is silently dropped; otherwise B is the rest of the chunk (label 0).
     SOP: B is always the rest of the chunk (a one-sentence chunk is cut in the middle); the collator
     swaps A and B with probability 0.5 each time the sample is drawn (label 1 when swapped).
 
@@ -208,14 +209,32 @@ class PairWindows:
             raise ValueError(f"pair task {task!r} is not nsp or sop")
         if task == "nsp" and len(doc_ids) < 2:
             raise ValueError("next-sentence prediction needs at least two documents in the split")
-        self.store, self.task = store, task
-        self.max_tokens = max_tokens = length - 3
-        rng = np.random.default_rng(seed)
+        self.store, self.task, self.max_tokens = store, task, length - 3
+        self.doc_ids, self.seed, self.short_seq_prob = doc_ids, seed, short_seq_prob
+        pairs = self._build(random_next_prob=0.5)
+        if task == "nsp":
+            # One-sentence chunks always take a random B (BERT's rule), which makes ~54% of BERT's own
+            # pairs random. Choose the probability q for multi-sentence chunks that brings the share
+            # of random-next pairs back to one half (the share grows with q; bisect, set-up only).
+            low, high, best = 0.0, 0.5, pairs
+            for _ in range(7):
+                q = (low + high) / 2
+                candidate = self._build(random_next_prob=q)
+                share = candidate[:, 4].mean() if len(candidate) else 0.5
+                if abs(share - 0.5) < abs(best[:, 4].mean() - 0.5):
+                    best = candidate
+                low, high = (q, high) if share < 0.5 else (low, q)
+            pairs = best
+        self.pairs = pairs
+
+    def _build(self, random_next_prob: float) -> np.ndarray:
+        store, doc_ids, max_tokens = self.store, self.doc_ids, self.max_tokens
+        rng = np.random.default_rng(self.seed)
         offsets = store.sent_offsets
         pairs: list[tuple[int, int, int, int, int]] = []  # token ranges [a0, a1), [b0, b1) and the NSP label
         for k, d in enumerate(doc_ids):
             first, last = int(store.doc_sents[d]), int(store.doc_sents[d + 1])
-            target = max_tokens if rng.random() >= short_seq_prob else int(rng.integers(2, max_tokens + 1))
+            target = max_tokens if rng.random() >= self.short_seq_prob else int(rng.integers(2, max_tokens + 1))
             chunk_start, used, i = first, 0, first
             while i < last:
                 used += int(offsets[i + 1] - offsets[i])
@@ -223,7 +242,7 @@ class PairWindows:
                     n = i + 1 - chunk_start
                     a_sents = 1 if n == 1 else int(rng.integers(1, n))
                     a0, a1 = int(offsets[chunk_start]), int(offsets[chunk_start + a_sents])
-                    if task == "nsp" and (n == 1 or rng.random() < 0.5):
+                    if self.task == "nsp" and (n == 1 or rng.random() < random_next_prob):
                         other = int(doc_ids[(k + int(rng.integers(1, len(doc_ids)))) % len(doc_ids)])  # never d
                         o_first, o_last = int(store.doc_sents[other]), int(store.doc_sents[other + 1])
                         start = int(rng.integers(o_first, o_last))
@@ -240,7 +259,7 @@ class PairWindows:
                         pairs.append((a0, a1, a1, int(offsets[i + 1]), 0))
                     chunk_start, used = i + 1, 0
                 i += 1
-        self.pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 5)
+        return np.asarray(pairs, dtype=np.int64).reshape(-1, 5)
 
     def __len__(self) -> int:
         return len(self.pairs)
