@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import allocator, bert_config  # noqa: E402
 
 from lit_ptm.data.builtin import write_builtin_corpus  # noqa: E402
-from lit_ptm.data.collate import MLMCollator  # noqa: E402
+from lit_ptm.data.collate import MLMCollator, PairMLMCollator  # noqa: E402
 from lit_ptm.data.corpus import iter_documents  # noqa: E402
-from lit_ptm.data.sampling import SentenceWindows, WindowDataset  # noqa: E402
+from lit_ptm.data.sampling import PairWindows, SentenceWindows, WindowDataset  # noqa: E402
 from lit_ptm.data.store import open_store  # noqa: E402
 from lit_ptm.objectives import MaskedLM  # noqa: E402
 from lit_ptm.tokenizer import train_tokenizer  # noqa: E402
@@ -63,7 +63,14 @@ def main() -> None:
     hf = DataCollatorForLanguageModeling(hf_tok, mlm_probability=0.15, return_tensors="pt")
     hf_features = [{"input_ids": s["ids"].tolist()} for s in samples]
 
+    pairs = WindowDataset(PairWindows(store, np.arange(store.num_docs), args.seq, tok.ids, task="nsp", seed=0))
+    pair_samples = [pairs[(0, int(i))] for i in rng.integers(0, len(pairs), args.batch)]
+    ours_nsp = PairMLMCollator(tok.ids, seed=0, task="nsp")
+    ours_ngram = MLMCollator(tok.ids, seed=0, max_ngram=3)
+
     assemble = per_call(lambda: [ds[k] for k in keys()], args.repeats)
+    t_nsp = per_call(lambda: ours_nsp(pair_samples), args.repeats)
+    t_ngram = per_call(lambda: ours_ngram(samples), args.repeats)
     t_ours = per_call(lambda: ours(samples), args.repeats)
     t_wwm = per_call(lambda: ours_wwm(samples), args.repeats)
     t_hf = per_call(lambda: hf(hf_features), args.repeats)
@@ -85,6 +92,8 @@ def main() -> None:
     print(f"window assembly (dataset __getitem__ x {args.batch}): {assemble * 1e3:7.2f} ms")
     print(f"lit_ptm MLM collator:                 {t_ours * 1e3:7.2f} ms  ({tokens / t_ours / 1e6:5.1f} M tok/s)")
     print(f"lit_ptm whole-word MLM collator:      {t_wwm * 1e3:7.2f} ms  ({tokens / t_wwm / 1e6:5.1f} M tok/s)")
+    print(f"lit_ptm n-gram (ALBERT) MLM collator: {t_ngram * 1e3:7.2f} ms")
+    print(f"lit_ptm NSP pair + MLM collator:      {t_nsp * 1e3:7.2f} ms")
     print(f"HF DataCollatorForLanguageModeling:   {t_hf * 1e3:7.2f} ms  ({tokens / t_hf / 1e6:5.1f} M tok/s)")
     print(f"ratio HF / lit_ptm collator time:     {t_hf / t_ours:7.2f}x")
     print(f"BERT-small training step:             {t_step * 1e3:7.1f} ms")
