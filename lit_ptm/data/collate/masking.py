@@ -36,7 +36,7 @@ def select_ngrams(candidate: torch.Tensor, starts: torch.Tensor, budget: torch.T
     # Words w..w+m-1, for m = 1..max_ngram: their token counts and whether all are candidate words.
     lens = torch.stack([word_len.roll(-k, 1) for k in range(max_ngram)], -1).cumsum(-1)  # [B, L, M]
     oks = torch.stack([word_ok.roll(-k, 1) & (torch.arange(L) < L - k) for k in range(max_ngram)], -1).cummin(-1).values
-    rows = torch.arange(B)
+    rows, m_range, offsets = torch.arange(B), torch.arange(1, max_ngram + 1), torch.arange(max_ngram)
     taken = torch.zeros(B, L + 1, dtype=torch.bool)  # per word (+1 column absorbs out-of-range writes)
     count = torch.zeros(B, dtype=torch.long)
     for r in range(L):
@@ -45,11 +45,9 @@ def select_ngrams(candidate: torch.Tensor, starts: torch.Tensor, budget: torch.T
         if not active.any():
             break
         n = 1 + (length_noise[:, r, None] >= thresholds[None, :-1]).sum(1)  # [B], p(n) ~ 1/n, one draw per round
-        m_range = torch.arange(1, max_ngram + 1)
         fits = oks[rows, w] & (count[:, None] + lens[rows, w] <= budget[:, None]) & (m_range[None, :] <= n[:, None])
         m = torch.where(fits, m_range, 0).max(1).values  # longest n-gram <= n that fits; 0: none
-        span = (torch.arange(max_ngram)[None, :] < m[:, None])  # [B, M]
-        cols = torch.where(span, w[:, None] + torch.arange(max_ngram), L)
+        cols = torch.where(offsets[None, :] < m[:, None], w[:, None] + offsets, L)  # the n-gram's words, [B, M]
         overlap = taken.gather(1, cols).any(1)
         accept = active & (m > 0) & ~overlap
         taken.scatter_(1, torch.where(accept[:, None], cols, L), True)
