@@ -96,3 +96,14 @@ def test_pair_batches_layout_segments_and_labels(store_and_tok, task):
     alone = collate([samples[7]])
     n = alone["input_ids"].size(1)
     assert torch.equal(alone["input_ids"][0], batch["input_ids"][7, :n]) and alone["pair_labels"][0] == labels[7]
+
+
+def test_empty_segments_do_not_break_the_layout(store_and_tok):
+    _, tok = store_and_tok
+    empty = torch.zeros(0, dtype=torch.long)
+    sample = {"a": empty, "a_word_start": empty.bool(), "b": torch.tensor([200, 201]), "b_word_start": torch.tensor([True, False]),
+              "label": 1, "max_tokens": 10, "epoch": 0, "index": 0}
+    batch = PairMLMCollator(tok.ids, seed=0, task="nsp")([sample])
+    original = torch.where(batch["labels"] != -100, batch["labels"], batch["input_ids"])
+    assert original[0].tolist() == [tok.ids.cls, tok.ids.sep, 200, 201, tok.ids.sep]
+    assert batch["token_type_ids"][0].tolist() == [0, 0, 1, 1, 1]

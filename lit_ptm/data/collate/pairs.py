@@ -40,7 +40,8 @@ class PairMLMCollator:
         cut = len(tokens) - keep
         front = int((torch.rand(cut, generator=g) < 0.5).sum()) if cut else 0  # each cut from a random end
         tokens, starts = tokens[front : front + keep], starts[front : front + keep].clone()
-        starts[0] = True  # a trimmed piece starts a word for masking purposes
+        if keep:
+            starts[0] = True  # a trimmed piece starts a word for masking purposes
         return tokens, starts
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
