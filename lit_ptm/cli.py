@@ -19,22 +19,36 @@ class LitPtmCLI(LightningCLI):
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
 
     def _parse_ckpt_path(self) -> None:
-        """LightningCLI reads the checkpoint's hyper-parameters into the config before anything else.
+        """Put the checkpoint's hyper-parameters into the config (as LightningCLI does), after checking it.
 
-        Check the file first: a damaged file, or one of another objective (whose class LightningCLI
-        would otherwise silently put in place of the configured one), stops here with its reason.
+        A damaged file, or one of another objective (whose class LightningCLI would otherwise silently
+        put in place of the configured one), stops here with its reason. A checkpoint of a module
+        built in Python has no recorded class path: it is the configured objective's.
         """
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path and Path(path).is_file():
-            meta = read_checkpoint(path, mmap=True, weights_only=True, map_location="cpu").get("lit_ptm", {})
-            configured = self.config[subcommand].model.class_path.rsplit(".", 1)[-1]
-            if meta.get("objective") not in (None, configured):
-                raise CheckpointMismatchError(
-                    f"checkpoint {path} holds a {meta['objective']} model, but this run's objective is {configured} "
-                    "(choose the matching --config, or start a new run from its weights)"
-                )
-        super()._parse_ckpt_path()
+        if not path or not Path(path).is_file():
+            return
+        checkpoint = read_checkpoint(path, mmap=True, weights_only=True, map_location="cpu")
+        meta = checkpoint.get("lit_ptm", {})
+        configured = self.config[subcommand].model.class_path
+        if meta.get("objective") not in (None, configured.rsplit(".", 1)[-1]):
+            raise CheckpointMismatchError(
+                f"checkpoint {path} holds a {meta['objective']} model, but this run's objective is "
+                f"{configured.rsplit('.', 1)[-1]} (choose the matching --config, or start a new run from its weights)"
+            )
+        hparams = dict(checkpoint.get("hyper_parameters", {}))
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        class_path = hparams.pop("_class_path", configured)
+        try:
+            self.config = self.parser.parse_object(
+                {subcommand: {"model": {"class_path": class_path, "init_args": hparams}}}, self.config
+            )
+        except SystemExit:
+            sys.stderr.write(f"the hyper-parameters of checkpoint {path} do not parse as this run's model config\n")
+            raise
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -70,6 +70,29 @@ def test_killed_run_resumes_with_the_same_batches_and_losses(recipe, tmp_path, c
     assert va.keys() == vb.keys() and all(va[s] == pytest.approx(vb[s], abs=1e-6) for s in va)
 
 
+def test_resume_from_the_end_of_an_epoch_starts_the_next_epoch_whole(tmp_path, cache_dir):
+    """A checkpoint written when an epoch ends resumes into the next epoch with nothing skipped."""
+    corpus = write_corpus(tmp_path / "small.txt", n_docs=40)
+    common = ["--data.init_args.train_files", str(corpus), "--data.init_args.vocab_size", "400", "--data.init_args.batch_size", "4",
+              "--trainer.max_steps", "-1", "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "1.0",
+              "--trainer.check_val_every_n_epoch", "1",
+              "--model.init_args.optim.schedule", "constant"]  # the decay's length depends on max_epochs
+    straight = tmp_path / "straight"
+    cli = run_cli(["fit", *tiny_args("gpt", straight, *common, "--trainer.max_epochs", "2")])
+    per_epoch = cli.trainer.num_training_batches
+    assert cli.trainer.global_step == 2 * per_epoch and per_epoch >= 5
+    split = tmp_path / "split"
+    run_cli(["fit", *tiny_args("gpt", split, *common, "--trainer.max_epochs", "1")])
+    state = torch.load(split / "last.ckpt", weights_only=False)["PretrainDataModule"]
+    assert state["epoch"] == 0 and state["batches"] == per_epoch
+    cli = run_cli(["fit", *tiny_args("gpt", split, *common, "--trainer.max_epochs", "2"), "--ckpt_path", str(split / "last.ckpt")])
+    assert cli.trainer.global_step == 2 * per_epoch
+    a, b = scalars(straight, "train/loss"), scalars(split, "train/loss")
+    assert sorted(a) == sorted(b)
+    for step in a:
+        assert a[step] == pytest.approx(b[step], abs=1e-6), (step, a[step], b[step])
+
+
 def test_user_corpus_jsonl_and_held_out_files(tmp_path, cache_dir):
     import json
 
@@ -146,6 +169,43 @@ def test_bad_checkpoints_are_refused_with_reasons(tmp_path, capsys, cache_dir):
     err = cli_error(["fit", *tiny_args("bert", tmp_path / "b4", "--data.init_args.tokenizer_kind", "unigram",
                                        "--ckpt_path", str(ckpt))], capsys)
     assert "trained with another tokenizer" in err and "vocabulary 2000" in err
+
+
+def test_objective_and_data_mismatches_are_named(tmp_path, capsys, cache_dir):
+    err = cli_error(["fit", *tiny_args("bert", tmp_path / "a", "--data.init_args.packing", "contiguous")], capsys)
+    assert "data.packing=contiguous does not suit the MaskedLM objective with model.pair_task=nsp: it takes nsp_pairs" in err
+    err = cli_error(["fit", *tiny_args("gpt", tmp_path / "b", "--data.init_args.packing", "full_sentences")], capsys)
+    assert "data.packing=full_sentences does not suit the CausalLM objective: it takes contiguous" in err
+    err = cli_error(["fit", *tiny_args("bert", tmp_path / "c", "--model.init_args.config.type_vocab_size", "0")], capsys)
+    assert "model.pair_task=nsp" in err and "model.config.type_vocab_size >= 2 (got 0)" in err
+    train, val = write_corpus(tmp_path / "train.txt", n_docs=30), write_corpus(tmp_path / "val.txt", n_docs=1, seed=5)
+    err = cli_error(["fit", *tiny_args("bert", tmp_path / "d", "--data.init_args.train_files", str(train), "--data.init_args.val_files",
+                                       str(val), "--data.init_args.vocab_size", "400")], capsys)
+    assert "the val split holds 1 document(s), but next-sentence prediction draws B from another document" in err
+    assert "data.val_files" in err
+
+
+def test_checkpoint_of_a_module_built_in_python_loads_through_the_cli(tmp_path, cache_dir):
+    """A module built in Python (dataclass configs, no LightningCLI) writes a checkpoint that the CLI
+    reads: LightningCLI loads hyper-parameters with torch.load(weights_only=True), so they are plain dicts."""
+    import lightning as L
+
+    from lit_ptm.callbacks import RunCheckpoint
+    from lit_ptm.data import PretrainDataModule
+    from lit_ptm.nn import ModelConfig
+    from lit_ptm.objectives import CausalLM
+    from lit_ptm.objectives.base import OptimConfig
+
+    model = CausalLM(ModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=256, max_position_embeddings=128),
+                     OptimConfig(lr=2e-3, warmup_steps=2))
+    data = PretrainDataModule(tokenizer_kind="bpe", vocab_size=2000, lowercase=False, seq_length=64, batch_size=8, num_workers=0)
+    root = tmp_path / "python"
+    trainer = L.Trainer(max_steps=2, default_root_dir=root, callbacks=[RunCheckpoint()], logger=False, enable_progress_bar=False,
+                        limit_val_batches=2, use_distributed_sampler=False)
+    trainer.fit(model, data)
+    assert torch.load(root / "last.ckpt", weights_only=True)["hyper_parameters"]["config"]["vocab_size"] == 2000
+    cli = run_cli(["validate", *tiny_args("gpt", tmp_path / "cli", "--ckpt_path", str(root / "last.ckpt"))])
+    assert cli.model.config.vocab_size == 2000 and cli.trainer.callback_metrics["val/loss"].item() > 0
 
 
 def test_mixed_precision_accumulation_and_clipping_are_trainer_flags(tmp_path, cache_dir):

@@ -110,6 +110,17 @@ def test_mask_tokens_respects_protection_exactly():
     assert (labels[protected] == -100).all() and torch.equal(corrupted[3], ids[3])
 
 
+def test_ngram_masking_always_predicts_something():
+    """A row whose only word is longer than its budget (one 3-token word, budget 1) still predicts that word."""
+    ids = torch.tensor([[2, 10, 11, 12, 3]])
+    protected = torch.tensor([[True, False, False, False, True]])
+    word_start = torch.tensor([[True, True, False, False, True]])
+    for seed in range(20):
+        noise = torch.rand(1, 4, 5, generator=torch.Generator().manual_seed(seed))
+        _, labels = mask_tokens(ids, protected, noise, torch.arange(10, 20), 4, 0.15, word_start, max_ngram=3)
+        assert labels[0].tolist() == [-100, 10, 11, 12, -100]
+
+
 def test_causal_collator_shifts_and_isolates_documents(tok):
     ids = torch.tensor([5, 6, 7, tok.ids.eos, 8, 9, 10, 11, 12])
     segment = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1])

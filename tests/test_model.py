@@ -134,6 +134,18 @@ def test_fused_linear_cross_entropy_matches_autograd(monkeypatch, with_bias, sca
         assert losses.linear_cross_entropy(h * 2, w, b, t)[0].item() == pytest.approx(reference.item(), rel=1e-5)
 
 
+def test_fused_linear_cross_entropy_trains_a_bias_alone():
+    """Only the bias requires grad (bias-only fine-tuning, frozen embeddings): it still gets its gradient."""
+    from lit_ptm.nn.losses import linear_cross_entropy
+
+    g = torch.Generator().manual_seed(1)
+    h, w, t = torch.randn(9, 8, generator=g), torch.randn(13, 8, generator=g), torch.randint(0, 13, (9,), generator=g)
+    b = torch.zeros(13, requires_grad=True)
+    linear_cross_entropy(h, w, b, t)[0].backward()
+    expected = torch.softmax(h @ w.t(), 1).mean(0) - torch.nn.functional.one_hot(t, 13).float().mean(0)
+    assert torch.allclose(b.grad, expected, atol=1e-6)
+
+
 def n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())  # parameters() yields a shared tensor once
 

@@ -79,6 +79,19 @@ def test_sampler_is_deterministic_per_epoch_and_shards_ranks():
     assert len(set().union(*map(set, shards))) == 102  # disjoint; the tail of 1 is dropped
     evaluation = [ResumableSampler(103, seed=7, shuffle=False, rank=r, world_size=2, drop_last=False) for r in range(2)]
     assert set(i for s in evaluation for _, i in s) == set(range(103)) and all(len(list(s)) == 52 for s in evaluation)
+    # Seeds are mixed, not added: (seed 7, epoch 1) and (seed 8, epoch 0) are different orders.
+    b = ResumableSampler(103, seed=8)
+    b.set_epoch(0)
+    assert [i for _, i in b] != [i for _, i in second]
+
+
+def test_evaluation_sampler_keeps_its_epoch_so_masks_do_not_change_between_evaluations():
+    """Lightning calls set_epoch on every loader's sampler; the evaluation sampler must not follow,
+    or the validation masks (drawn from (seed, epoch, index)) would change every epoch."""
+    evaluation = ResumableSampler(20, seed=1, shuffle=False, drop_last=False, fixed_epoch=True)
+    before = list(evaluation)
+    evaluation.set_epoch(5)
+    assert list(evaluation) == before and all(e == 0 for e, _ in before)
 
 
 def test_sampler_resume_skips_consumed_samples_of_that_epoch_only():

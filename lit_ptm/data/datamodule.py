@@ -126,10 +126,17 @@ class PretrainDataModule(L.LightningDataModule):
 
     # -- Lightning hooks ------------------------------------------------------------------------
     def _packing(self) -> str:
-        if self.packing is not None:
-            return self.packing
         module = self.trainer.lightning_module if self.trainer is not None else None
-        return getattr(module, "packing", "contiguous")
+        if self.packing is None:
+            return getattr(module, "packing", "contiguous")
+        accepted = getattr(module, "packings", None)
+        if accepted is not None and self.packing not in accepted:
+            detail = f" with model.pair_task={module.pair_task}" if hasattr(module, "pair_task") else ""
+            raise ValueError(
+                f"data.packing={self.packing} does not suit the {type(module).__name__} objective{detail}: it takes "
+                f"{' or '.join(accepted)} (leave data.packing unset for its default, {accepted[0]})"
+            )
+        return self.packing
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is not None and self.datasets:
@@ -142,6 +149,11 @@ class PretrainDataModule(L.LightningDataModule):
         mode = self._packing()
         # Contiguous windows are L + 1 tokens: inputs and labels shifted by one.
         for split, (split_store, doc_ids) in docs.items():
+            if mode == "nsp_pairs" and len(doc_ids) < 2:
+                raise CorpusError(
+                    f"the {split} split holds {len(doc_ids)} document(s), but next-sentence prediction draws B from "
+                    f"another document: it needs at least two (give data.{split}_files, or raise data.{split}_fraction)"
+                )
             windows = build_windows(mode, split_store, doc_ids, self.seq_length, self.tokenizer.ids, seed=self.seed)
             if len(windows) == 0:
                 raise CorpusError(f"the {split} split holds too little text for one window of data.seq_length={self.seq_length}")
@@ -206,7 +218,8 @@ class PretrainDataModule(L.LightningDataModule):
     def _eval_loader(self, split: str) -> DataLoader:
         rank, world = self._rank()
         # A fixed epoch: validation masks are the same at every evaluation, so losses compare.
-        sampler = ResumableSampler(len(self.datasets[split]), self.seed, shuffle=False, rank=rank, world_size=world, drop_last=False)
+        sampler = ResumableSampler(len(self.datasets[split]), self.seed, shuffle=False, rank=rank, world_size=world,
+                                   drop_last=False, fixed_epoch=True)
         return self._loader(split, sampler, self.eval_batch_size)
 
     def val_dataloader(self) -> DataLoader:
@@ -222,7 +235,10 @@ class PretrainDataModule(L.LightningDataModule):
             return {}
         loop = self.trainer.fit_loop
         return {
-            "epoch": loop.epoch_progress.current.processed,
+            # The sampler's own epoch: the fit loop's epoch counter has already moved on when a
+            # checkpoint is written at the end of an epoch, while its batch count has not been reset.
+            # A resume into that epoch skips its batches; a resume that starts the next one skips nothing.
+            "epoch": self._train_sampler.epoch,
             "batches": loop.epoch_loop.batch_progress.current.processed,
             "batch_size": self.batch_size,
             "world_size": self.trainer.world_size,
@@ -237,7 +253,8 @@ class PretrainDataModule(L.LightningDataModule):
         if state["batch_size"] != self.batch_size or state["world_size"] != world:
             warnings.warn(
                 f"resuming with batch size {self.batch_size} x {world} devices where the checkpoint used "
-                f"{state['batch_size']} x {state['world_size']}: the run skips the samples consumed, but the order of the "
-                "rest of the epoch differs from an uninterrupted run"
+                f"{state['batch_size']} x {state['world_size']}: the run skips exactly the {consumed} samples consumed and "
+                "keeps the epoch's order, but batches are composed differently from an uninterrupted run, so losses "
+                "will not match it step for step"
             )
         self._train_sampler.resume(state["epoch"], consumed // world)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from lit_ptm.data.collate.common import sample_seed
 from lit_ptm.data.store import TokenStore
 from lit_ptm.tokenizer import SpecialIds
 
@@ -145,23 +146,27 @@ class ResumableSampler(Sampler):
 
     Yields ``(epoch, index)``. ``resume(epoch, skip)`` makes the next iteration of that epoch start
     after its first ``skip`` samples of this rank (the checkpoint stores how many were consumed).
+    ``fixed_epoch=True`` (evaluation) ignores ``set_epoch``: the same order and the same corruption
+    (masks derive from the epoch) at every evaluation, so validation losses compare across a run.
     """
 
-    def __init__(self, num_samples: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1, drop_last: bool = True):
+    def __init__(self, num_samples: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 drop_last: bool = True, fixed_epoch: bool = False):
         self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
-        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.rank, self.world_size, self.drop_last, self.fixed_epoch = rank, world_size, drop_last, fixed_epoch
         self.epoch = 0
         self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        if not self.fixed_epoch:
+            self.epoch = epoch
 
     def resume(self, epoch: int, skip: int) -> None:
         self._resume = (epoch, skip)
 
     def _rank_indices(self) -> torch.Tensor:
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))  # well mixed: no (seed, epoch) collides
             order = torch.randperm(self.num_samples, generator=g)
         else:
             order = torch.arange(self.num_samples)

@@ -20,7 +20,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # hidden [N, H], weight [V, H], bias [V] | None, targets [N] -> mean loss, argmax [N] | None
         device_type = hidden.device.type
         compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        needs_grad = any(ctx.needs_input_grad[:3])  # hidden, weight or bias (e.g. bias-only fine-tuning)
         N, V = hidden.size(0), weight.size(0)
         rows = max(1, CHUNK_ELEMENTS // V)
         w = weight.to(compute_dtype)

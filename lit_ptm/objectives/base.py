@@ -56,16 +56,23 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
 class PretrainObjective(L.LightningModule):
     """Base of every objective: owns the stack (``self.transformer``), the optimizer and the logging.
 
-    Subclasses set ``packing`` (the window builder they want), build their heads in ``build_heads``,
+    Subclasses set ``packing`` (the window builder they want by default) and ``packings`` (every one
+    their collator accepts), build their heads in ``build_heads``,
     pair a collator with them in ``collator`` and compute ``loss_parts``.
     """
 
     packing = "contiguous"
+    packings: tuple[str, ...] = ("contiguous",)
     causal = False
 
     def __init__(self, config: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig()):
         super().__init__()
         self.save_hyperparameters()
+        # Plain dicts in the hyper-parameters, however the module was built: the checkpoint then loads
+        # with torch.load(weights_only=True) (as LightningCLI reads it) and parses as YAML config.
+        for key in ("config", "optim"):
+            if dataclasses.is_dataclass(self.hparams[key]):
+                self.hparams[key] = dataclasses.asdict(self.hparams[key])
         self.config = dataclasses.replace(config, causal=self.causal)
         self.optim = optim
         self.transformer: Transformer | None = None
@@ -99,11 +106,7 @@ class PretrainObjective(L.LightningModule):
         if tokenizer is not None and self.config.vocab_size is None:
             self.config = dataclasses.replace(self.config, vocab_size=tokenizer.vocab_size)
             # Record the resolved size, so that the checkpoint's hyper-parameters rebuild the same model.
-            hp = self.hparams["config"]  # a dict when LightningCLI instantiated us, else a ModelConfig
-            if isinstance(hp, dict):
-                hp["vocab_size"] = tokenizer.vocab_size
-            else:
-                self.hparams["config"] = dataclasses.replace(hp, vocab_size=tokenizer.vocab_size)
+            self.hparams["config"]["vocab_size"] = tokenizer.vocab_size
         self.transformer = Transformer(self.config)
         self.build_heads()
         # Per evaluation split: the objective's loss, and the LM part of it (for perplexity).

@@ -10,6 +10,7 @@ from lit_ptm.objectives.base import PretrainObjective
 class CausalLM(PretrainObjective):
     """GPT: next-token prediction over contiguous packed windows, in decoder (causal) mode."""
 
+    packings = ("contiguous",)  # windows of L + 1 tokens: inputs and their shifted labels
     packing = "contiguous"
     causal = True
 

@@ -29,9 +29,16 @@ class MaskedLM(PretrainObjective):
         if max_ngram < 1:
             raise ValueError(f"model.max_ngram={max_ngram} must be at least 1")
         self.mlm_probability, self.whole_word_mask, self.pair_task = mlm_probability, whole_word_mask, pair_task
+        if pair_task != "none" and config.type_vocab_size < 2:
+            raise ValueError(
+                f"model.pair_task={pair_task} lays out [CLS] A [SEP] B [SEP] with segment ids 0 and 1: it needs "
+                f"model.config.type_vocab_size >= 2 (got {config.type_vocab_size})"
+            )
         self.max_ngram = max_ngram  # > 1: ALBERT's n-gram masking over whole words, p(n) ~ 1/n
-        # The packing this objective needs: sentence pairs for a pair task, else whole-sentence windows.
-        self.packing = "doc_sentences" if pair_task == "none" else f"{pair_task}_pairs"
+        # The packings this objective can use (the first is its default): sentence pairs for a pair
+        # task, else whole-sentence windows of L tokens (contiguous windows are GPT's L + 1).
+        self.packings = ("doc_sentences", "full_sentences") if pair_task == "none" else (f"{pair_task}_pairs",)
+        self.packing = self.packings[0]
         super().__init__(config, optim)
 
     def build_heads(self) -> None:

@@ -21,7 +21,8 @@ def select_ngrams(candidate: torch.Tensor, starts: torch.Tensor, budget: torch.T
     Candidate words are visited in random order (one per row per round); each proposes an n-gram of
     n whole words, n ~ 1/n, shrunk while it would overshoot the budget, and is taken unless it
     overlaps one already taken or runs past a special token. The loop runs over rounds (n-grams),
-    never over tokens, and ends when every row has met its budget or run out of words.
+    never over tokens, and ends when every row has met its budget or run out of words; a row that
+    took nothing (all its words are longer than its budget) takes its first word.
     """
     B, L = candidate.shape
     word_index = starts.long().cumsum(1) - 1  # [B, L]
@@ -53,6 +54,10 @@ def select_ngrams(candidate: torch.Tensor, starts: torch.Tensor, budget: torch.T
         taken.scatter_(1, torch.where(accept[:, None], cols, L), True)
         taken[:, L] = False  # the spare column only absorbs writes; it must never read as taken
         count += torch.where(accept, lens[rows, w, (m - 1).clamp(min=0)], 0)
+    # A row whose every word is longer than its budget (e.g. one 3-token word, budget 1) still
+    # predicts something: its first word in random order, as whole-word masking does.
+    empty = (count == 0) & word_ok.any(1)
+    taken[rows[empty], order[empty, 0]] = True
     return taken[:, :L].gather(1, word_index) & candidate
 
 
