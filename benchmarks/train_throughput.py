@@ -3,6 +3,7 @@
     python benchmarks/train_throughput.py --model bert-small      # BertForMaskedLM H256/L4, 32 x 128
     python benchmarks/train_throughput.py --model bert-base --batch 8
     python benchmarks/train_throughput.py --model gpt-small       # GPT2LMHeadModel H256/L4, 32 x 128
+    python benchmarks/train_throughput.py --model gpt2 --batch 8 --seq 1024 --bf16   # GPU
 
 Each step is forward + backward + AdamW (fused, for both). MLM batches mask 15% of the tokens with
 lit_ptm's collator; HF's BertForMaskedLM runs its vocabulary-wide head on every token, lit_ptm only
@@ -25,7 +26,10 @@ from lit_ptm.data.collate import MLMCollator  # noqa: E402
 from lit_ptm.objectives import CausalLM, MaskedLM  # noqa: E402
 from lit_ptm.tokenizer import SpecialIds  # noqa: E402
 
-SIZES = {"bert-small": ("bert", 256, 4, 4), "bert-base": ("bert", 768, 12, 12), "gpt-small": ("gpt", 256, 4, 4)}
+SIZES = {
+    "bert-small": ("bert", 256, 4, 4), "bert-base": ("bert", 768, 12, 12), "gpt-small": ("gpt", 256, 4, 4),
+    "gpt2": ("gpt", 768, 12, 12),  # GPT-2 small, 124M: the GPU comparison (e.g. --batch 8 --seq 1024 --bf16)
+}
 
 
 def mlm_batch(vocab: int, batch: int, seq: int):
@@ -63,7 +67,7 @@ def main() -> None:
         ids = torch.randint(111, cfg.vocab_size, (args.batch, args.seq + 1), generator=torch.Generator().manual_seed(0))
         batch = {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
         hf_inputs = {"input_ids": ids[:, :-1], "labels": ids[:, :-1]}  # HF shifts the labels itself
-    batch = {k: v.to(args.device) for k, v in batch.items()}
+    batch = {k: v.to(args.device) if torch.is_tensor(v) else v for k, v in batch.items()}
     hf_inputs = {k: v.to(args.device) for k, v in hf_inputs.items()}
 
     def stepper(model, loss_fn):

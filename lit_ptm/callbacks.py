@@ -16,6 +16,10 @@ class CheckpointError(RuntimeError):
     pass
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that reads fine but does not fit this run (objective, tokenizer, sizes)."""
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes to a temporary file and renames it into place: a run killed mid-write leaves the
     previous checkpoint intact. Reading a damaged file raises an error that names it."""

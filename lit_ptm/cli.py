@@ -6,12 +6,13 @@ import sys
 import warnings
 from pathlib import Path
 
+import lightning as L
+import torch
 from lightning.pytorch.cli import LightningCLI
 
 from lit_ptm.callbacks import RunCheckpoint, read_checkpoint
-from lit_ptm.data import PretrainDataModule
-from lit_ptm.objectives import PretrainObjective
-from lit_ptm.objectives.base import CheckpointMismatchError
+from lit_ptm.callbacks import CheckpointMismatchError
+from lit_ptm.pretrained import tokenizer_of
 
 
 class LitPtmCLI(LightningCLI):
@@ -59,6 +60,15 @@ class LitPtmCLI(LightningCLI):
             run = Path(str(files[0])).stem if files else config.model.class_path.rsplit(".", 1)[-1].lower()
             trainer.default_root_dir = f"checkpoints/{run}"
         root = trainer.default_root_dir
+        # Resuming, testing or predicting from a checkpoint, or starting from a pretrained run: the
+        # tokenizer.json of that run (the checkpoint's directory), unless the user names one.
+        data_args = config.data.get("init_args") if config.get("data") else None
+        if data_args is not None and "tokenizer" in data_args and data_args.tokenizer is None:
+            pretrained = config.model.init_args.get("pretrained") if config.model.get("init_args") else None
+            for source in (config.get("ckpt_path"), pretrained):
+                if source and Path(source).exists() and (tokenizer := tokenizer_of(source)) is not None:
+                    data_args.tokenizer = str(tokenizer)
+                    break
         if trainer.logger is None or trainer.logger is True:
             # Events, the resolved config.yaml and the checkpoints all live in the run directory itself.
             trainer.logger = {
@@ -71,9 +81,11 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> LitPtmCLI:
     """Build (and by default run) the CLI; returns it, with its trainer, model and datamodule."""
     # The run directory deliberately holds config.yaml and tokenizer.json beside the checkpoints.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # fp32 runs on GPUs use TF32 tensor cores for matmuls (as litgpt does); no effect on CPU or under bf16 autocast.
+    torch.set_float32_matmul_precision("high")
     return LitPtmCLI(
-        PretrainObjective,
-        PretrainDataModule,
+        L.LightningModule,  # any objective (lit_ptm.objectives) or fine-tuning task (lit_ptm.tasks)
+        L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
@@ -86,7 +98,7 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> LitPtmCLI:
 
 def main() -> None:
     """Console entry point (`lit-ptm`, `python -m lit_ptm`): returns nothing, so the exit status is 0."""
-    run_cli(sys.argv[1:])
+    run_cli()  # LightningCLI reads sys.argv itself
 
 
 if __name__ == "__main__":

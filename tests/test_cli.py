@@ -160,15 +160,25 @@ def test_bad_checkpoints_are_refused_with_reasons(tmp_path, capsys, cache_dir):
     # Another objective.
     err = cli_error(["fit", *tiny_args("gpt", tmp_path / "g", "--ckpt_path", str(ckpt))], capsys)
     assert "holds a MaskedLM model, but this run's objective is CausalLM" in err and str(ckpt) in err
-    # Another tokenizer of another size.
+    # Resuming takes the run's own tokenizer.json; a tokenizer given explicitly must be the checkpoint's.
+    from lit_ptm.data.corpus import iter_documents
+    from lit_ptm.tokenizer import train_tokenizer
+
     other = write_corpus(tmp_path / "other.txt", n_docs=60)
-    err = cli_error(["fit", *tiny_args("bert", tmp_path / "b3", "--data.init_args.train_files", str(other),
-                                       "--data.init_args.vocab_size", "500", "--ckpt_path", str(ckpt))], capsys)
+    small = tmp_path / "small-tokenizer.json"
+    train_tokenizer((s for d in iter_documents(other) for s in d), "wordpiece", 500).save(small)
+    err = cli_error(["fit", *tiny_args("bert", tmp_path / "b3", "--data.init_args.tokenizer", str(small), "--ckpt_path", str(ckpt))], capsys)
     assert "model.config.vocab_size=2000 (from the config, or from the checkpoint being loaded) does not match" in err
     # Another tokenizer of the same size: its identity (sha) differs.
-    err = cli_error(["fit", *tiny_args("bert", tmp_path / "b4", "--data.init_args.tokenizer_kind", "unigram",
+    builtin = cache_dir / "builtin_corpus.txt"
+    same_size = tmp_path / "unigram-tokenizer.json"
+    train_tokenizer((s for d in iter_documents(builtin) for s in d), "unigram", 2000).save(same_size)
+    err = cli_error(["fit", *tiny_args("bert", tmp_path / "b4", "--data.init_args.tokenizer", str(same_size),
                                        "--ckpt_path", str(ckpt))], capsys)
     assert "trained with another tokenizer" in err and "vocabulary 2000" in err
+    # Without data.tokenizer, a resume uses the run's tokenizer.json (found beside the checkpoint).
+    resumed = run_cli(["fit", *tiny_args("bert", root, "--trainer.max_steps", "4", "--ckpt_path", str(ckpt))])
+    assert resumed.datamodule.tokenizer_path == str(root / "tokenizer.json") and resumed.trainer.global_step == 4
 
 
 def test_objective_and_data_mismatches_are_named(tmp_path, capsys, cache_dir):

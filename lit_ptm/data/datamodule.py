@@ -25,7 +25,72 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LIT_PTM_CACHE", Path.home() / ".cache" / "lit_ptm"))
 
 
-class PretrainDataModule(L.LightningDataModule):
+class ResumableLoaders:
+    """Exact resume for a LightningDataModule whose train loader draws from ``self._train_sampler``
+    (a ResumableSampler): the checkpoint stores what the fit loop consumed, and a resumed run's
+    sampler skips it. Also the evaluation loaders, from ``self._loader(split, sampler, batch_size)``,
+    ``self.datasets``, ``self.eval_batch_size`` and ``self.seed``; sets ``self._resume`` and ``self._train_sampler``."""
+
+    _resume: dict | None = None
+    _train_sampler: ResumableSampler | None = None
+
+    def _rank(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+
+    def _make_train_sampler(self, num_samples: int, seed: int) -> ResumableSampler:
+        rank, world = self._rank()
+        self._train_sampler = ResumableSampler(num_samples, seed, shuffle=True, rank=rank, world_size=world, drop_last=True)
+        if self._resume is not None:
+            self._apply_resume(self._resume)
+            self._resume = None
+        return self._train_sampler
+
+    def _make_eval_sampler(self, num_samples: int, seed: int) -> ResumableSampler:
+        rank, world = self._rank()
+        # A fixed epoch: evaluation corruption (masks) is the same at every evaluation, so losses compare.
+        return ResumableSampler(num_samples, seed, shuffle=False, rank=rank, world_size=world, drop_last=False, fixed_epoch=True)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        return self._loader(split, self._make_eval_sampler(len(self.datasets[split]), self.seed), self.eval_batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def state_dict(self) -> dict:
+        """What the sampler consumed: saved in every checkpoint, so a resumed run continues with the next batch."""
+        if self.trainer is None or self._train_sampler is None:
+            return {}
+        loop = self.trainer.fit_loop
+        return {
+            # The sampler's own epoch: the fit loop's epoch counter has already moved on when a
+            # checkpoint is written at the end of an epoch, while its batch count has not been reset.
+            # A resume into that epoch skips its batches; a resume that starts the next one skips nothing.
+            "epoch": self._train_sampler.epoch,
+            "batches": loop.epoch_loop.batch_progress.current.processed,
+            "batch_size": self.batch_size,
+            "world_size": self.trainer.world_size,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = state or None
+
+    def _apply_resume(self, state: dict) -> None:
+        _, world = self._rank()
+        consumed = state["batches"] * state["batch_size"] * state["world_size"]  # samples, over all ranks
+        if state["batch_size"] != self.batch_size or state["world_size"] != world:
+            warnings.warn(
+                f"resuming with batch size {self.batch_size} x {world} devices where the checkpoint used "
+                f"{state['batch_size']} x {state['world_size']}: the run skips exactly the {consumed} samples consumed and "
+                "keeps the epoch's order, but batches are composed differently from an uninterrupted run, so losses "
+                "will not match it step for step"
+            )
+        self._train_sampler.resume(state["epoch"], consumed // world)
+
+
+class PretrainDataModule(ResumableLoaders, L.LightningDataModule):
     """Pretraining data for any objective; the objective chooses the packing and the collator.
 
     Args:
@@ -84,8 +149,6 @@ class PretrainDataModule(L.LightningDataModule):
         self.seed = seed
         self.tokenizer: Tokenizer | None = None
         self.datasets: dict[str, WindowDataset] = {}
-        self._resume: dict | None = None
-        self._train_sampler: ResumableSampler | None = None
 
     # -- corpus and tokenizer -------------------------------------------------------------------
     def _files(self, which: str) -> list[Path] | None:
@@ -198,63 +261,13 @@ class PretrainDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed),
         )
 
-    def _rank(self) -> tuple[int, int]:
-        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
-
     def train_dataloader(self) -> DataLoader:
-        rank, world = self._rank()
+        _, world = self._rank()
         n = len(self.datasets["train"])
         if n < world * self.batch_size:
             raise CorpusError(
                 f"the training split has {n} windows: fewer than one batch per device "
                 f"(data.batch_size={self.batch_size} x {world} devices)"
             )
-        self._train_sampler = ResumableSampler(n, self.seed, shuffle=True, rank=rank, world_size=world, drop_last=True)
-        if self._resume is not None:
-            self._apply_resume(self._resume)
-            self._resume = None
-        return self._loader("train", self._train_sampler, self.batch_size)
+        return self._loader("train", self._make_train_sampler(n, self.seed), self.batch_size)
 
-    def _eval_loader(self, split: str) -> DataLoader:
-        rank, world = self._rank()
-        # A fixed epoch: validation masks are the same at every evaluation, so losses compare.
-        sampler = ResumableSampler(len(self.datasets[split]), self.seed, shuffle=False, rank=rank, world_size=world,
-                                   drop_last=False, fixed_epoch=True)
-        return self._loader(split, sampler, self.eval_batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
-
-    # -- exact resume -----------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """What the sampler consumed: saved in every checkpoint, so a resumed run continues with the next batch."""
-        if self.trainer is None or self._train_sampler is None:
-            return {}
-        loop = self.trainer.fit_loop
-        return {
-            # The sampler's own epoch: the fit loop's epoch counter has already moved on when a
-            # checkpoint is written at the end of an epoch, while its batch count has not been reset.
-            # A resume into that epoch skips its batches; a resume that starts the next one skips nothing.
-            "epoch": self._train_sampler.epoch,
-            "batches": loop.epoch_loop.batch_progress.current.processed,
-            "batch_size": self.batch_size,
-            "world_size": self.trainer.world_size,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self._resume = state or None
-
-    def _apply_resume(self, state: dict) -> None:
-        _, world = self._rank()
-        consumed = state["batches"] * state["batch_size"] * state["world_size"]  # samples, over all ranks
-        if state["batch_size"] != self.batch_size or state["world_size"] != world:
-            warnings.warn(
-                f"resuming with batch size {self.batch_size} x {world} devices where the checkpoint used "
-                f"{state['batch_size']} x {state['world_size']}: the run skips exactly the {consumed} samples consumed and "
-                "keeps the epoch's order, but batches are composed differently from an uninterrupted run, so losses "
-                "will not match it step for step"
-            )
-        self._train_sampler.resume(state["epoch"], consumed // world)

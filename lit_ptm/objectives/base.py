@@ -12,15 +12,12 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torchmetrics import MeanMetric
 
+from lit_ptm.callbacks import CheckpointMismatchError
 from lit_ptm.nn import ModelConfig, Transformer
 from lit_ptm.tokenizer import SpecialIds
 
 CHECKPOINT_FORMAT = 1
 SCHEDULES = ("linear", "cosine", "constant")
-
-
-class CheckpointMismatchError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -53,6 +50,31 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
     return min_ratio + (1.0 - min_ratio) * decay
 
 
+def adamw_with_schedule(module: L.LightningModule, o: OptimConfig, lr_scale=None):
+    """AdamW over the module's trainable parameters, with the warmup/decay schedule stepped per optimizer step.
+
+    Biases and norm weights (all 1-D parameters) are not decayed; embeddings and matrices are.
+    ``lr_scale(name) -> float`` multiplies the learning rate per parameter (layer-wise decay).
+    """
+    groups: dict[tuple[float, bool], list] = {}
+    for name, p in module.named_parameters():  # a shared parameter is listed once
+        if p.requires_grad:
+            groups.setdefault((lr_scale(name) if lr_scale else 1.0, p.ndim >= 2), []).append(p)
+    param_groups = [
+        {"params": params, "lr": o.lr * scale, "weight_decay": o.weight_decay if decayed else 0.0}
+        for (scale, decayed), params in sorted(groups.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))
+    ]
+    # Fused AdamW (one kernel over all parameters) except under AMP, where Lightning refuses
+    # gradient clipping for optimizers that unscale gradients themselves.
+    fused = not isinstance(module.trainer.precision_plugin, MixedPrecision)
+    optimizer = torch.optim.AdamW(param_groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
+    total = int(module.trainer.estimated_stepping_batches)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, o.warmup_steps, total, o.schedule, o.min_lr_ratio)
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
 class PretrainObjective(L.LightningModule):
     """Base of every objective: owns the stack (``self.transformer``), the optimizer and the logging.
 
@@ -64,8 +86,12 @@ class PretrainObjective(L.LightningModule):
     packing = "contiguous"
     packings: tuple[str, ...] = ("contiguous",)
     causal = False
+    backbone = "transformer"  # the attribute holding the stack that fine-tuning and continued pretraining reuse
 
-    def __init__(self, config: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig()):
+    def __init__(self, config: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig(), pretrained: str | None = None):
+        """``pretrained``: a run directory or checkpoint to start from (continued pretraining, e.g. on a
+        new domain's corpus): its architecture and weights, with a fresh optimizer and schedule. The
+        data must use its tokenizer (the run's tokenizer.json is taken when data.tokenizer is unset)."""
         super().__init__()
         self.save_hyperparameters()
         # Plain dicts in the hyper-parameters, however the module was built: the checkpoint then loads
@@ -74,10 +100,10 @@ class PretrainObjective(L.LightningModule):
             if dataclasses.is_dataclass(self.hparams[key]):
                 self.hparams[key] = dataclasses.asdict(self.hparams[key])
         self.config = dataclasses.replace(config, causal=self.causal)
-        self.optim = optim
+        self.optim, self.pretrained = optim, pretrained
         self.transformer: Transformer | None = None
         self._last_step_time: float | None = None
-        if config.vocab_size is not None:  # e.g. loaded from a checkpoint: build right away
+        if config.vocab_size is not None and pretrained is None:  # e.g. loaded from a checkpoint: build right away
             self.configure_model()
 
     # -- building -------------------------------------------------------------------------------
@@ -103,6 +129,9 @@ class PretrainObjective(L.LightningModule):
             )
         if self.transformer is not None:
             return
+        if self.pretrained is not None:
+            self._build_from_pretrained(tokenizer)
+            return
         if tokenizer is not None and self.config.vocab_size is None:
             self.config = dataclasses.replace(self.config, vocab_size=tokenizer.vocab_size)
             # Record the resolved size, so that the checkpoint's hyper-parameters rebuild the same model.
@@ -112,6 +141,35 @@ class PretrainObjective(L.LightningModule):
         # Per evaluation split: the objective's loss, and the LM part of it (for perplexity).
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_lm_loss, self.test_lm_loss = MeanMetric(), MeanMetric()
+
+    def _build_from_pretrained(self, tokenizer) -> None:
+        """Continued pretraining: the pretrained run's architecture (dropout from this config) and weights.
+        Heads this objective shares with the checkpoint's (the LM head) continue; others start fresh."""
+        from lit_ptm.pretrained import check_tokenizer, load_pretrained
+
+        run = load_pretrained(self.pretrained)
+        check_tokenizer(run, tokenizer)
+        self.config = dataclasses.replace(
+            run.config, causal=self.causal, dropout=self.config.dropout, attention_dropout=self.config.attention_dropout
+        )
+        # This run's checkpoints rebuild from their own config and weights, without the old checkpoint.
+        self.hparams["config"], self.hparams["pretrained"] = self.config.to_dict(), None
+        self.started_from = str(run.checkpoint)
+        self.transformer = Transformer(self.config)
+        self.build_heads()
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_lm_loss, self.test_lm_loss = MeanMetric(), MeanMetric()
+        own = self.state_dict()
+        matching = {k: v for k, v in run.state_dict.items() if k in own and own[k].shape == v.shape}
+        missing_backbone = [k for k in own if k.startswith(f"{self.backbone}.") and k not in matching]
+        if missing_backbone:
+            raise CheckpointMismatchError(
+                f"model.pretrained={run.checkpoint} lacks weights this model's stack needs: {', '.join(missing_backbone[:5])}"
+            )
+        self.load_state_dict(matching, strict=False)
+        fresh = sorted({k.split(".")[0] for k in own if k not in matching})
+        print(f"continued pretraining from {run.checkpoint} ({run.objective}): {len(matching)} tensors loaded"
+              + (f"; new: {', '.join(fresh)}" if fresh else ""))
 
     def build_heads(self) -> None:
         raise NotImplementedError
@@ -180,23 +238,7 @@ class PretrainObjective(L.LightningModule):
 
     # -- optimization ---------------------------------------------------------------------------
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            # Biases and norm weights (all 1-D parameters) are not decayed; embeddings and matrices are.
-            (no_decay if p.ndim < 2 else decay).append(p)
-        o = self.optim
-        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        # Fused AdamW (one kernel over all parameters) except under AMP, where Lightning refuses
-        # gradient clipping for optimizers that unscale gradients themselves.
-        fused = not isinstance(self.trainer.precision_plugin, MixedPrecision)
-        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, o.warmup_steps, total, o.schedule, o.min_lr_ratio)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_with_schedule(self, self.optim)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -205,6 +247,8 @@ class PretrainObjective(L.LightningModule):
         checkpoint["lit_ptm"] = {
             "format": CHECKPOINT_FORMAT,
             "objective": type(self).__name__,
+            "backbone": self.backbone,
+            "started_from": getattr(self, "started_from", None),
             "model_config": self.config.to_dict(),
             "tokenizer_sha": tokenizer.sha if tokenizer is not None else None,
             # Dropout draws from the global generator: restoring it makes a resumed run exact.

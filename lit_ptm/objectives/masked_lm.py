@@ -21,6 +21,7 @@ class MaskedLM(PretrainObjective):
     def __init__(
         self, config: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig(),
         mlm_probability: float = 0.15, whole_word_mask: bool = False, max_ngram: int = 1, pair_task: str = "none",
+        pretrained: str | None = None,
     ):
         if not 0.0 < mlm_probability < 1.0:
             raise ValueError(f"model.mlm_probability={mlm_probability} must be in (0, 1)")
@@ -39,7 +40,7 @@ class MaskedLM(PretrainObjective):
         # task, else whole-sentence windows of L tokens (contiguous windows are GPT's L + 1).
         self.packings = ("doc_sentences", "full_sentences") if pair_task == "none" else (f"{pair_task}_pairs",)
         self.packing = self.packings[0]
-        super().__init__(config, optim)
+        super().__init__(config, optim, pretrained)
 
     def build_heads(self) -> None:
         self.lm_head = LMHead(self.config, self.transformer.embeddings.tokens)

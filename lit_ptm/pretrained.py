@@ -1,0 +1,83 @@
+"""Starting a new run from a pretrained one: continued pretraining and fine-tuning.
+
+A pretrained run is a run directory (``checkpoints/bert``: its ``last.ckpt``) or a checkpoint file.
+What it gives: the model config, the weights of the backbone (the stack a fine-tuning head or a
+new objective sits on), the full state dict (heads included) and the tokenizer the run trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lit_ptm.callbacks import CheckpointMismatchError, read_checkpoint
+from lit_ptm.nn import ModelConfig
+
+
+@dataclass
+class Pretrained:
+    checkpoint: Path
+    objective: str
+    config: ModelConfig
+    state_dict: dict[str, torch.Tensor]  # the whole module's weights, heads included
+    backbone: str  # the module attribute that holds the stack, e.g. "transformer"
+    tokenizer_sha: str | None
+
+    def backbone_state(self) -> dict[str, torch.Tensor]:
+        prefix = self.backbone + "."
+        return {k[len(prefix):]: v for k, v in self.state_dict.items() if k.startswith(prefix)}
+
+    @property
+    def tokenizer_file(self) -> Path | None:
+        """The tokenizer.json of the run the checkpoint belongs to (its directory)."""
+        path = self.checkpoint.parent / "tokenizer.json"
+        return path if path.is_file() else None
+
+
+def checkpoint_of(path: str | Path) -> Path:
+    """A run directory's last.ckpt, or the file itself."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("last.ckpt", "best.ckpt"):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"model.pretrained={path} is a directory without last.ckpt or best.ckpt")
+    if not path.is_file():
+        raise FileNotFoundError(f"model.pretrained={path} does not exist (give a run directory or a .ckpt file)")
+    return path
+
+
+def tokenizer_of(path: str | Path) -> Path | None:
+    """The tokenizer.json beside a pretrained run's checkpoint, if there is one."""
+    candidate = checkpoint_of(path).parent / "tokenizer.json"
+    return candidate if candidate.is_file() else None
+
+
+def load_pretrained(path: str | Path) -> Pretrained:
+    checkpoint = checkpoint_of(path)
+    raw = read_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+    meta = raw.get("lit_ptm")
+    if meta is None:
+        raise CheckpointMismatchError(f"model.pretrained={checkpoint} was not written by lit_ptm (no 'lit_ptm' entry)")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    config = ModelConfig(**{k: v for k, v in meta["model_config"].items() if k in fields})
+    return Pretrained(
+        checkpoint=checkpoint, objective=meta["objective"], config=config, state_dict=raw["state_dict"],
+        backbone=meta.get("backbone", "transformer"), tokenizer_sha=meta.get("tokenizer_sha"),
+    )
+
+
+def check_tokenizer(pretrained: Pretrained, tokenizer) -> None:
+    """The data's tokenizer must be the one the pretrained model learned its embeddings with."""
+    if tokenizer is None:
+        return
+    if tokenizer.vocab_size != pretrained.config.vocab_size or pretrained.tokenizer_sha not in (None, tokenizer.sha):
+        raise CheckpointMismatchError(
+            f"model.pretrained={pretrained.checkpoint} was trained with another tokenizer (vocabulary "
+            f"{pretrained.config.vocab_size}, sha {pretrained.tokenizer_sha}) than this run's {tokenizer.source} "
+            f"(vocabulary {tokenizer.vocab_size}, sha {tokenizer.sha}); leave data.tokenizer unset to use the "
+            f"run's own tokenizer.json{f' ({pretrained.tokenizer_file})' if pretrained.tokenizer_file else ''}"
+        )

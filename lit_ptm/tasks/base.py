@@ -1,0 +1,183 @@
+"""The shared base of fine-tuning tasks: a pretrained backbone (or a fresh one), a task head, layer-wise
+learning-rate decay, frozen embeddings, metrics per split and predictions written to a file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from lit_ptm.callbacks import CheckpointMismatchError
+from lit_ptm.nn import ModelConfig, Transformer
+from lit_ptm.objectives.base import OptimConfig, adamw_with_schedule
+from lit_ptm.pretrained import check_tokenizer, load_pretrained
+
+FINETUNE_OPTIM = OptimConfig(lr=5e-5, weight_decay=0.01, warmup_steps=100)
+
+
+class FinetuneTask(L.LightningModule):
+    """Subclasses build their head in ``build_head``, turn records into features in ``build_features``,
+    batch them in ``collate`` and compute ``step`` (loss + what the metrics need).
+
+    Args:
+        pretrained: a run directory or checkpoint of any objective; its backbone's weights are loaded.
+            None: the backbone starts from random weights (``config``), e.g. as a baseline.
+        config: the backbone when there is no pretrained run (dropout is taken from it in any case).
+        layer_decay: layer-wise learning-rate decay (ELECTRA, BEiT): the head trains at ``optim.lr``,
+            block i of L at ``lr * layer_decay ** (L - i)``, the embeddings at ``lr * layer_decay ** (L + 1)``.
+        freeze_embeddings: keep the embeddings (tokens, positions, types, their norm) fixed.
+        predictions_file: where ``predict`` writes (JSONL); default ``<run dir>/predictions.jsonl``.
+    """
+
+    def __init__(
+        self, pretrained: str | None = None, config: ModelConfig = ModelConfig(), optim: OptimConfig = FINETUNE_OPTIM,
+        layer_decay: float = 1.0, freeze_embeddings: bool = False, predictions_file: str | None = None,
+    ):
+        super().__init__()
+        if not 0.0 < layer_decay <= 1.0:
+            raise ValueError(f"model.layer_decay={layer_decay} must be in (0, 1]")
+        self.save_hyperparameters()
+        for key in ("config", "optim"):
+            if dataclasses.is_dataclass(self.hparams[key]):
+                self.hparams[key] = dataclasses.asdict(self.hparams[key])
+        self.pretrained, self.optim, self.layer_decay = pretrained, optim, layer_decay
+        self.freeze_embeddings, self.predictions_file = freeze_embeddings, predictions_file
+        self.config = config
+        self.transformer: Transformer | None = None
+        self.started_from: str | None = None
+        self._predictions: list[dict] = []
+
+    @property
+    def labels_known(self) -> bool:
+        return True
+
+    def _datamodule(self):
+        return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+
+    # -- building -------------------------------------------------------------------------------
+    def _build_if_restorable(self) -> None:
+        """Called by subclasses at the end of __init__: a module restored from a fine-tuned checkpoint
+        (its config resolved, its labels known) is built at once, without the pretrained run."""
+        if self.config.vocab_size is not None and self.pretrained is None and self.labels_known:
+            self.configure_model()
+
+    def configure_model(self) -> None:
+        dm = self._datamodule()
+        tokenizer = getattr(dm, "tokenizer", None)
+        if self.transformer is None:
+            pretrained_heads = {}
+            if self.pretrained is not None:
+                run = load_pretrained(self.pretrained)
+                check_tokenizer(run, tokenizer)
+                # The run's architecture as a bidirectional or causal reader, as it was pretrained; dropout from this config.
+                self.config = dataclasses.replace(run.config, dropout=self.config.dropout, attention_dropout=self.config.attention_dropout)
+                self.transformer = Transformer(self.config)
+                self.transformer.load_state_dict(run.backbone_state())  # strict: every weight of the stack comes from the run
+                pretrained_heads = run.state_dict
+                self.started_from = str(run.checkpoint)
+                # This run's checkpoints rebuild from their own config and weights, without the old run.
+                self.hparams["config"], self.hparams["pretrained"], self.pretrained = self.config.to_dict(), None, None
+            else:
+                if self.config.vocab_size is None:
+                    if tokenizer is None:
+                        raise ValueError("model.config.vocab_size is unknown: give model.pretrained or data.tokenizer")
+                    self.config = dataclasses.replace(self.config, vocab_size=tokenizer.vocab_size)
+                    self.hparams["config"] = self.config.to_dict()
+                self.transformer = Transformer(self.config)
+            self.build_head(pretrained_heads)
+            if self.freeze_embeddings:
+                self.transformer.embeddings.requires_grad_(False)
+        if tokenizer is not None and tokenizer.vocab_size != self.config.vocab_size:
+            raise CheckpointMismatchError(
+                f"the model's vocabulary ({self.config.vocab_size}) does not match the tokenizer "
+                f"{tokenizer.source} ({tokenizer.vocab_size} tokens)"
+            )
+        max_length = getattr(dm, "max_length", None)
+        if max_length and max_length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"data.max_length={max_length} exceeds the model's max_position_embeddings={self.config.max_position_embeddings}"
+            )
+
+    def build_head(self, pretrained_state: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def build_features(self, records: list[dict], split: str, data) -> list[dict]:
+        raise NotImplementedError
+
+    def collate(self, samples: list[dict]) -> dict:
+        raise NotImplementedError
+
+    # -- helpers --------------------------------------------------------------------------------
+    def encode(self, batch: dict) -> torch.Tensor:
+        return self.transformer(batch["input_ids"], batch.get("attention_mask"), None, batch.get("token_type_ids"))
+
+    def pool(self, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
+        """[CLS] (first token) for encoders; the last real token for causal models (it saw everything). (B, H)"""
+        if not self.config.causal:
+            return hidden[:, 0]
+        last = batch["lengths"] - 1
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+
+    # -- optimization ---------------------------------------------------------------------------
+    def lr_scale(self, name: str) -> float:
+        if self.layer_decay == 1.0:
+            return 1.0
+        L_ = self.config.num_layers
+        if name.startswith("transformer.embeddings."):
+            depth = 0
+        elif match := re.match(r"transformer\.blocks\.(\d+)\.", name):
+            depth = int(match.group(1)) + 1
+        elif name.startswith("transformer."):  # the final norm sits with the last block
+            depth = L_
+        else:  # the task head
+            depth = L_ + 1
+        return self.layer_decay ** (L_ + 1 - depth)
+
+    def configure_optimizers(self):
+        return adamw_with_schedule(self, self.optim, self.lr_scale)
+
+    # -- checkpoints and predictions ------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        tokenizer = getattr(self._datamodule(), "tokenizer", None)
+        checkpoint["lit_ptm"] = {
+            "format": 1, "objective": type(self).__name__, "backbone": "transformer", "model_config": self.config.to_dict(),
+            "tokenizer_sha": tokenizer.sha if tokenizer is not None else None, "started_from": self.started_from,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = checkpoint.get("lit_ptm") or {}
+        if meta.get("objective") not in (None, type(self).__name__):
+            raise CheckpointMismatchError(
+                f"the checkpoint holds a {meta['objective']} model, but this run's task is {type(self).__name__}; "
+                "to fine-tune a pretrained run, pass it as model.pretrained (not --ckpt_path)"
+            )
+        tokenizer = getattr(self._datamodule(), "tokenizer", None)
+        if tokenizer is not None and meta.get("tokenizer_sha") not in (None, tokenizer.sha):
+            raise CheckpointMismatchError(
+                f"the checkpoint was fine-tuned with another tokenizer (sha {meta['tokenizer_sha']}) than "
+                f"{tokenizer.source} (sha {tokenizer.sha})"
+            )
+
+    def on_predict_epoch_start(self) -> None:
+        self._predictions = []
+
+    def on_predict_epoch_end(self) -> None:
+        path = Path(self.predictions_file or Path(self.trainer.default_root_dir) / "predictions.jsonl")
+        if self.trainer.world_size > 1:
+            path = path.with_name(f"{path.stem}.rank{self.trainer.global_rank}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = sorted(self._predictions, key=lambda r: r["index"])
+        path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "index"}) + "\n" for r in rows), encoding="utf-8")
+        print(f"{len(rows)} predictions written to {path}")
+
+    def on_test_end(self) -> None:
+        """The test metrics also go to <run dir>/test_metrics.json, for scripts and reports."""
+        if self.trainer.is_global_zero and self.trainer.default_root_dir:
+            metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
+            path = Path(self.trainer.default_root_dir) / "test_metrics.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")

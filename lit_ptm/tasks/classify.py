@@ -1,0 +1,158 @@
+"""Sequence (pair) classification and regression, GLUE-style."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanSquaredError, MetricCollection, PearsonCorrCoef, SpearmanCorrCoef
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassMatthewsCorrCoef
+
+from lit_ptm.data.collate.common import pad_windows
+from lit_ptm.data.corpus import CorpusError
+from lit_ptm.nn import ModelConfig
+from lit_ptm.objectives.base import OptimConfig
+from lit_ptm.tasks.base import FINETUNE_OPTIM, FinetuneTask
+from lit_ptm.tasks.features import encode_texts
+from lit_ptm.tasks.records import field
+
+
+class PooledHead(nn.Module):
+    """dropout -> dense + tanh (BERT's pooler) -> dropout -> linear, on the pooled state (B, H) -> (B, n)."""
+
+    def __init__(self, hidden: int, outputs: int, dropout: float, init_std: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.dense = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, outputs)
+        for layer in (self.dense, self.out):
+            nn.init.normal_(layer.weight, std=init_std)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.out(self.dropout(torch.tanh(self.dense(self.dropout(pooled)))))
+
+
+class SequenceClassification(FinetuneTask):
+    """One label (or one number, with ``regression``) per text or text pair.
+
+    Pooling: [CLS] for encoders, the last token for causal models. The label set is read from the
+    training file (sorted) and kept in the checkpoint, so ``test`` and ``predict`` map back to names.
+    Metrics: accuracy, macro F1 and Matthews correlation; for regression Pearson, Spearman and MSE.
+    A BERT pooler pretrained with NSP/SOP initialises the head's dense layer (as HF's
+    BertForSequenceClassification does); everything else in the head starts fresh.
+    """
+
+    def __init__(
+        self, pretrained: str | None = None, config: ModelConfig = ModelConfig(), optim: OptimConfig = FINETUNE_OPTIM,
+        layer_decay: float = 1.0, freeze_embeddings: bool = False, predictions_file: str | None = None,
+        labels: list[str] | None = None, regression: bool = False, classifier_dropout: float = 0.1,
+    ):
+        super().__init__(pretrained, config, optim, layer_decay, freeze_embeddings, predictions_file)
+        self.labels, self.regression, self.classifier_dropout = labels, regression, classifier_dropout
+        self._build_if_restorable()
+
+    @property
+    def labels_known(self) -> bool:
+        return self.regression or self.labels is not None
+
+    def build_head(self, pretrained_state):
+        outputs = 1 if self.regression else len(self.labels)
+        self.head = PooledHead(self.config.hidden_size, outputs, self.classifier_dropout, self.config.init_std)
+        if "pair_head.pooler.weight" in pretrained_state:
+            self.head.dense.load_state_dict({"weight": pretrained_state["pair_head.pooler.weight"],
+                                             "bias": pretrained_state["pair_head.pooler.bias"]})
+        if self.regression:
+            make = lambda: MetricCollection({"pearson": PearsonCorrCoef(), "spearman": SpearmanCorrCoef(), "mse": MeanSquaredError()})  # noqa: E731
+        else:
+            n = len(self.labels)
+            make = lambda: MetricCollection({  # noqa: E731
+                "acc": MulticlassAccuracy(n, average="micro"), "f1": MulticlassF1Score(n, average="macro"),
+                "mcc": MulticlassMatthewsCorrCoef(n),
+            })
+        self.metrics = nn.ModuleDict({split: make() for split in ("val_", "test_")})  # training logs its loss only
+
+    # -- data -----------------------------------------------------------------------------------
+    def build_features(self, records, split, data):
+        path = data.file(split)
+        if split == "train" and not self.labels_known:
+            self.labels = sorted({str(field(r, data.label_field, path)) for r in records})
+            if len(self.labels) < 2:
+                raise CorpusError(f"{path}: field {data.label_field!r} has {len(self.labels)} distinct value(s); a classifier needs two")
+            self.hparams["labels"] = self.labels
+        texts = [field(r, data.text_field, path, str) for r in records]
+        pairs = [field(r, data.text_pair_field, path, str) for r in records] if data.text_pair_field else None
+        features = encode_texts(data.tokenizer, texts, pairs, data.max_length, self.config.causal)
+        index = {label: i for i, label in enumerate(self.labels or [])}
+        for f, r in zip(features, records):
+            f["ids"], f["token_type"] = torch.tensor(f["ids"]), torch.tensor(f["token_type"])
+            f["id"] = r.get(data.id_field, r["_line"])
+            if split == "predict" and r.get(data.label_field) is None:
+                continue
+            value = field(r, data.label_field, path)
+            if self.regression:
+                try:
+                    f["label"] = float(value)
+                except (TypeError, ValueError):
+                    raise CorpusError(f"{path}:{r['_line']}: {data.label_field}={value!r} is not a number (regression)") from None
+            elif str(value) not in index:
+                raise CorpusError(f"{path}:{r['_line']}: label {value!r} is not among the training labels {self.labels}")
+            else:
+                f["label"] = index[str(value)]
+        return features
+
+    def collate(self, samples):
+        ids = pad_windows(samples, "ids", self.trainer.datamodule.tokenizer.ids.pad)
+        lengths = torch.tensor([len(s["ids"]) for s in samples])
+        batch = {"input_ids": ids, "lengths": lengths, "index": torch.tensor([s["index"] for s in samples]),
+                 "ids": [s["id"] for s in samples]}
+        real = torch.arange(ids.size(1)) < lengths[:, None]
+        if not real.all():
+            batch["attention_mask"] = real
+        if self.config.type_vocab_size:
+            batch["token_type_ids"] = pad_windows(samples, "token_type", 0)
+        if all("label" in s for s in samples):
+            batch["labels"] = torch.tensor([s["label"] for s in samples], dtype=torch.float if self.regression else torch.long)
+        return batch
+
+    # -- steps ----------------------------------------------------------------------------------
+    def forward(self, batch) -> torch.Tensor:
+        logits = self.head(self.pool(self.encode(batch), batch)).float()  # (B, n)
+        return logits.squeeze(-1) if self.regression else logits
+
+    def _shared_step(self, split: str, batch):
+        logits = self(batch)
+        labels = batch["labels"]
+        loss = F.mse_loss(logits, labels) if self.regression else F.cross_entropy(logits, labels)
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=len(labels))
+        if on_step:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        else:
+            metrics = self.metrics[f"{split}_"]
+            metrics.update(logits.detach() if self.regression else logits.detach().argmax(-1), labels)
+            self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, on_epoch=True, prog_bar=split == "val")
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._shared_step("train", batch)
+
+    def validation_step(self, batch, batch_idx):
+        self._shared_step("val", batch)
+
+    def test_step(self, batch, batch_idx):
+        self._shared_step("test", batch)
+
+    def predict_step(self, batch, batch_idx):
+        logits = self(batch)
+        if self.regression:
+            values = logits.tolist()
+        else:
+            probs = logits.softmax(-1)
+            values = [self.labels[i] for i in probs.argmax(-1).tolist()]
+            scores = probs.max(-1).values.tolist()
+        for k, (i, example_id) in enumerate(zip(batch["index"].tolist(), batch["ids"])):
+            row = {"index": i, "id": example_id, "prediction": values[k]}
+            if not self.regression:
+                row["score"] = round(scores[k], 6)
+            self._predictions.append(row)

@@ -1,0 +1,122 @@
+"""FinetuneDataModule: labelled files -> the task's features -> batches (exactly resumable, like pretraining)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.accelerators import CUDAAccelerator
+from torch.utils.data import DataLoader
+
+from lit_ptm.data.corpus import CorpusError
+from lit_ptm.data.datamodule import ResumableLoaders, default_cache_dir
+from lit_ptm.data.sampling import WindowDataset
+from lit_ptm.tasks.demo import write_demo_task
+from lit_ptm.tasks.records import read_records
+from lit_ptm.tokenizer import Tokenizer
+
+SPLITS = ("train", "val", "test", "predict")
+
+
+class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
+    """Labelled examples for a fine-tuning task; the task module turns records into features and batches.
+
+    Args:
+        train_file, val_file, test_file, predict_file: JSONL, CSV or TSV files (``format``: auto
+            from the suffix). With no train_file: the built-in demo task (standard-library package
+            of a docstring), whose val and test files stand in for unset ones.
+        tokenizer: the pretrained run's tokenizer.json (set from ``model.pretrained`` when unset).
+        max_length: model input length, special tokens included; longer inputs are truncated
+            (QA contexts are cut into overlapping windows instead).
+        text_field, text_pair_field, label_field: classification fields (pair: None for single texts).
+        tokens_field, tags_field: token classification (a list of words and a list of tags).
+        question_field, context_field, answers_field, id_field: extractive QA (SQuAD layout:
+            answers = {"text": [...], "answer_start": [...]}).
+        stride: QA windows overlap by this many context tokens.
+    """
+
+    def __init__(
+        self,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        predict_file: str | None = None,
+        format: str = "auto",
+        tokenizer: str | None = None,
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        text_field: str = "text",
+        text_pair_field: str | None = None,
+        label_field: str = "label",
+        tokens_field: str = "tokens",
+        tags_field: str = "tags",
+        question_field: str = "question",
+        context_field: str = "context",
+        answers_field: str = "answers",
+        id_field: str = "id",
+        stride: int = 32,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        seed: int = 1234,
+    ):
+        super().__init__()
+        if max_length < 4:
+            raise ValueError(f"data.max_length={max_length} is too short")
+        self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
+        self.format, self.tokenizer_path, self.max_length = format, tokenizer, max_length
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.text_field, self.text_pair_field, self.label_field = text_field, text_pair_field, label_field
+        self.tokens_field, self.tags_field = tokens_field, tags_field
+        self.question_field, self.context_field, self.answers_field, self.id_field = question_field, context_field, answers_field, id_field
+        self.stride, self.num_workers, self.seed = stride, num_workers, seed
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.tokenizer: Tokenizer | None = None
+        self.records: dict[str, list[dict]] = {}
+        self.datasets: dict[str, WindowDataset] = {}
+
+    def file(self, split: str) -> Path | None:
+        return Path(self.files[split]) if self.files[split] else None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer_path is None:
+            raise ValueError(
+                "data.tokenizer is not set: fine-tuning needs the tokenizer the model was pretrained with "
+                "(model.pretrained sets it to the run's tokenizer.json) or a tokenizer.json"
+            )
+        self.tokenizer = self.tokenizer or Tokenizer.load(self.tokenizer_path)
+        if self.files["train"] is None:
+            demo = write_demo_task(self.cache_dir / "tasks")
+            self.files = {**{k: str(v) for k, v in demo.items()}, **{k: v for k, v in self.files.items() if v is not None}}
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}.get(stage, SPLITS)
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        for split in ("train", *wanted):  # the training records come first: they define the label set
+            if split in self.datasets or self.files[split] is None:
+                continue
+            if split == "train" and split not in wanted and getattr(module, "labels_known", True):
+                continue
+            self.records[split] = read_records(self.files[split], self.format)
+            if module is not None:
+                self.datasets[split] = WindowDataset(module.build_features(self.records[split], split, self))
+        for split in wanted:
+            if split not in self.datasets:
+                raise CorpusError(f"`{stage}` needs data.{split}_file")
+        if self.trainer is not None and self.trainer.is_global_zero and self.trainer.default_root_dir:
+            self.tokenizer.save(Path(self.trainer.default_root_dir) / "tokenizer.json")
+
+    def _loader(self, split: str, sampler, batch_size: int) -> DataLoader:
+        # sampler + batch_size rather than a batch_sampler: for `predict` Lightning rebuilds the batch
+        # sampler around the loader's sampler, which must then be ours.
+        return DataLoader(
+            self.datasets[split], sampler=sampler, batch_size=batch_size, drop_last=False,
+            collate_fn=self.trainer.lightning_module.collate, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0, pin_memory=isinstance(self.trainer.accelerator, CUDAAccelerator),
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self._make_train_sampler(len(self.datasets["train"]), self.seed), self.batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("predict")

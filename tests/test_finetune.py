@@ -1,0 +1,205 @@
+"""Fine-tuning and continued pretraining: features, loading pretrained weights, tasks through the CLI."""
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from conftest import run_cli, scalars, tiny_args, write_corpus
+from lit_ptm.tasks.features import align_word_labels, encode_texts, qa_windows, truncate_pair, word_predictions
+from lit_ptm.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def pretrained_runs(tmp_path_factory, cache_dir):
+    """A briefly pretrained encoder (BERT: MLM + NSP) and decoder (GPT) on the built-in corpus."""
+    root = tmp_path_factory.mktemp("pretrained")
+    runs = {}
+    for recipe in ("bert", "gpt"):
+        run_cli(["fit", *tiny_args(recipe, root / recipe)])  # tiny.yaml: 300 steps
+        runs[recipe] = root / recipe
+    return runs
+
+
+# -- features: hand-made cases ----------------------------------------------------------------------
+def test_word_labels_align_to_first_sub_tokens_and_back(pretrained_runs):
+    tok = Tokenizer.load(pretrained_runs["bert"] / "tokenizer.json")
+    words = ["Tokenization", "of", "unfathomably", "long", "words"]
+    encoding = tok.hf.encode(words, is_pretokenized=True, add_special_tokens=False)
+    word_ids = [None] + list(encoding.word_ids) + [None]
+    assert len(word_ids) > len(words) + 2  # some words are split into several pieces
+    labels = [3, 0, 1, 2, 4]
+    aligned = align_word_labels(word_ids, labels)
+    assert sum(a != -100 for a in aligned) == len(words)  # each word scored exactly once
+    assert aligned[0] == -100 and aligned[-1] == -100
+    assert word_predictions(word_ids, aligned, len(words)) == labels  # round trip
+    assert word_predictions(word_ids[:3], aligned[:3], len(words))[-1] == -1  # truncated words are marked
+
+
+def test_qa_windows_map_answers_to_tokens_and_back(pretrained_runs):
+    tok = Tokenizer.load(pretrained_runs["bert"] / "tokenizer.json")
+    context = " ".join(f"sentence {i} talks about the module number {i}." for i in range(40))
+    answer_text = "the module number 17"
+    start = context.index(answer_text)
+    windows = qa_windows(tok, "which module?", context, max_length=48, stride=16, answer=(start, start + len(answer_text)))
+    assert len(windows) > 3
+    holding = [w for w in windows if w.start > 0]
+    assert holding  # the stride makes sure at least one window holds the whole answer
+    for w in holding:
+        (a, _), (_, b) = w.offsets[w.start], w.offsets[w.end]
+        assert context[a:b] == answer_text
+        assert w.token_type[w.start] == 1 and len(w.ids) <= 48
+    # Windows cover the context: every context token is in some window.
+    covered = {o for w in windows for o in w.offsets if o is not None}
+    assert len(covered) == len(tok.hf.encode(context, add_special_tokens=False).ids)
+    assert all(w.start == 0 and w.end == 0 for w in windows if w not in holding)
+
+
+def test_pair_layouts_for_encoders_and_causal_models(pretrained_runs):
+    tok = Tokenizer.load(pretrained_runs["bert"] / "tokenizer.json")
+    ids = tok.ids
+    enc = encode_texts(tok, ["a first text"], ["and a second one"], 64, causal=False)[0]
+    assert enc["ids"][0] == ids.cls and enc["ids"].count(ids.sep) == 2 and enc["ids"][-1] == ids.sep
+    assert enc["token_type"][: enc["ids"].index(ids.sep) + 1] == [0] * (enc["ids"].index(ids.sep) + 1)
+    assert set(enc["token_type"][enc["ids"].index(ids.sep) + 1 :]) == {1}
+    dec = encode_texts(tok, ["a first text"], ["and a second one"], 64, causal=True)[0]
+    assert dec["ids"][-1] == ids.eos and ids.cls not in dec["ids"]
+    long = encode_texts(tok, ["word " * 100], ["other " * 10], 32, causal=False)[0]
+    assert len(long["ids"]) == 32 and long["token_type"].count(1) == 11  # longest first: B keeps its 10 + [SEP]
+    assert truncate_pair(10, 3, 8) == (5, 3) and truncate_pair(4, 4, 6) == (3, 3)
+
+
+# -- loading pretrained weights ---------------------------------------------------------------------
+@pytest.mark.parametrize("recipe", ["bert", "gpt"])
+def test_finetuning_starts_from_the_pretrained_weights(recipe, pretrained_runs):
+    from lit_ptm.tasks import SequenceClassification
+
+    run = pretrained_runs[recipe]
+    state = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
+    model = SequenceClassification(pretrained=str(run), labels=["a", "b", "c"])
+    model.configure_model()
+    own = model.transformer.state_dict()
+    backbone = {k[len("transformer."):]: v for k, v in state.items() if k.startswith("transformer.")}
+    assert own.keys() == backbone.keys()
+    assert all(torch.equal(own[k], backbone[k]) for k in own)
+    assert model.config.causal == (recipe == "gpt")  # a GPT stays a causal reader and pools its last token
+    if recipe == "bert":  # the NSP-pretrained pooler initialises the classifier's dense layer
+        assert torch.equal(model.head.dense.weight, state["pair_head.pooler.weight"])
+
+
+# -- tasks through the CLI --------------------------------------------------------------------------
+def keyword_dataset(path, n, seed, pair=False):
+    """Label = which keyword group the text contains (3 classes); regression target = count of 'alpha'."""
+    rng = random.Random(seed)
+    groups = {"network": ["socket", "server", "request"], "files": ["path", "directory", "file"], "text": ["string", "format", "unicode"]}
+    filler = "the a of to is value object function module return with for and this that".split()
+    rows = []
+    for i in range(n):
+        label = rng.choice(sorted(groups))
+        words = [rng.choice(filler) for _ in range(rng.randint(6, 12))]
+        for _ in range(2):
+            words.insert(rng.randrange(len(words)), rng.choice(groups[label]))
+        row = {"id": f"ex{i}", "text": " ".join(words), "label": label}
+        if pair:
+            row["text2"] = " ".join(rng.choice(filler) for _ in range(5))
+        rows.append(row)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def finetune_args(run, root, *extra):
+    return ["--config", "configs/finetune/classify.yaml", "--model.init_args.pretrained", str(run),
+            "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", "--model.init_args.optim.lr", "1e-3",
+            "--model.init_args.optim.warmup_steps", "10", "--data.init_args.batch_size", "16", "--data.init_args.max_length", "64",
+            *extra]
+
+
+@pytest.mark.parametrize("recipe", ["bert", "gpt"])
+def test_classification_trains_well_above_chance_tests_and_predicts(recipe, pretrained_runs, tmp_path, monkeypatch):
+    from conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+    train = keyword_dataset(tmp_path / "train.jsonl", 400, 0, pair=True)
+    dev = keyword_dataset(tmp_path / "dev.jsonl", 90, 1, pair=True)
+    csv_test = tmp_path / "test.csv"  # CSV works as well as JSONL
+    rows = [json.loads(line) for line in dev.read_text().splitlines()]
+    csv_test.write_text("id,text,text2,label\n" + "".join(f"{r['id']},{r['text']},{r['text2']},{r['label']}\n" for r in rows))
+    root = tmp_path / "cls"
+    data = ["--data.init_args.train_file", str(train), "--data.init_args.val_file", str(dev), "--data.init_args.text_pair_field", "text2"]
+    cli = run_cli(["fit", *finetune_args(pretrained_runs[recipe], root, *data, "--trainer.max_epochs", "10")])
+    assert cli.model.labels == ["files", "network", "text"]
+    assert cli.trainer.callback_metrics["val/acc"].item() > 0.9  # chance: 1/3
+    test = run_cli(["test", *finetune_args(pretrained_runs[recipe], root, *data, "--data.init_args.test_file", str(csv_test)),
+                    "--ckpt_path", str(root / "last.ckpt")])
+    assert test.trainer.callback_metrics["test/acc"].item() > 0.9
+    assert json.loads((root / "test_metrics.json").read_text())["test/acc"] > 0.9
+    assert {"test/f1", "test/mcc"} <= set(test.trainer.callback_metrics)
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    unlabelled.write_text("".join(json.dumps({"id": r["id"], "text": r["text"], "text2": r["text2"]}) + "\n" for r in rows[:20]))
+    run_cli(["predict", *finetune_args(pretrained_runs[recipe], root, *data, "--data.init_args.predict_file", str(unlabelled)),
+             "--ckpt_path", str(root / "last.ckpt")])
+    predictions = [json.loads(line) for line in (root / "predictions.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in predictions] == [r["id"] for r in rows[:20]]
+    assert sum(p["prediction"] == r["label"] for p, r in zip(predictions, rows)) >= 17
+
+
+def test_regression_layer_decay_and_frozen_embeddings(pretrained_runs, tmp_path, monkeypatch):
+    from conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+    rng = random.Random(3)
+    words = "alpha beta gamma delta the of".split()
+    for name, n in (("train", 400), ("dev", 80)):
+        lines = []
+        for _ in range(n):
+            text = [rng.choice(words) for _ in range(rng.randint(5, 15))]
+            lines.append(json.dumps({"text": " ".join(text), "score": text.count("alpha") / 3}))
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    root = tmp_path / "reg"
+    run = pretrained_runs["bert"]
+    cli = run_cli(["fit", *finetune_args(run, root, "--data.init_args.train_file", str(tmp_path / "train.jsonl"),
+                                         "--data.init_args.val_file", str(tmp_path / "dev.jsonl"), "--data.init_args.label_field", "score",
+                                         "--model.init_args.regression", "true", "--model.init_args.layer_decay", "0.5",
+                                         "--model.init_args.freeze_embeddings", "true", "--trainer.max_epochs", "8")])
+    assert cli.trainer.callback_metrics["val/pearson"].item() > 0.8
+    # Layer-wise decay: the head at lr, block i of 2 at lr * 0.5 ** (2 - i), nothing for frozen embeddings.
+    groups = cli.trainer.optimizers[0].param_groups
+    assert sorted({round(g["initial_lr"] / 1e-3, 6) for g in groups}) == [0.25, 0.5, 1.0]  # block 1, block 2, head
+    pretrained = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
+    tuned = cli.model.state_dict()
+    assert torch.equal(tuned["transformer.embeddings.tokens.weight"], pretrained["transformer.embeddings.tokens.weight"])
+    assert not torch.equal(tuned["transformer.blocks.1.ffn.up.weight"], pretrained["transformer.blocks.1.ffn.up.weight"])
+
+
+def test_another_tokenizer_is_refused(pretrained_runs, tmp_path, monkeypatch, capsys):
+    from conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+    train = keyword_dataset(tmp_path / "train.jsonl", 50, 0)
+    with pytest.raises(Exception) as e:
+        run_cli(["fit", *finetune_args(pretrained_runs["bert"], tmp_path / "x", "--data.init_args.train_file", str(train),
+                                       "--data.init_args.val_file", str(train),
+                                       "--data.init_args.tokenizer", str(pretrained_runs["gpt"] / "tokenizer.json"))])
+    assert "was trained with another tokenizer" in str(e.value) and "leave data.tokenizer unset" in str(e.value)
+
+
+# -- continued pretraining --------------------------------------------------------------------------
+def test_continued_pretraining_starts_from_the_run_with_a_fresh_optimizer(pretrained_runs, tmp_path):
+    domain = write_corpus(tmp_path / "domain.txt", n_docs=60, seed=4)
+    run = pretrained_runs["bert"]
+    common = ["--data.init_args.train_files", str(domain), "--trainer.max_steps", "20", "--trainer.val_check_interval", "10",
+              "--trainer.log_every_n_steps", "1"]
+    cont = run_cli(["fit", *tiny_args("bert", tmp_path / "cont", *common, "--model.init_args.pretrained", str(run))])
+    assert cont.datamodule.tokenizer.sha == Tokenizer.load(run / "tokenizer.json").sha  # the run's tokenizer, not a new one
+    assert cont.trainer.global_step == 20  # a fresh schedule: steps count from zero
+    first_loss = scalars(tmp_path / "cont", "train/loss")[0]
+    state = torch.load(tmp_path / "cont" / "last.ckpt", weights_only=True)
+    assert state["hyper_parameters"]["pretrained"] is None and state["lit_ptm"]["started_from"].endswith("last.ckpt")
+    # From scratch on the same data and tokenizer, the first loss is that of a random model.
+    scratch = run_cli(["fit", *tiny_args("bert", tmp_path / "scratch", *common, "--data.init_args.tokenizer", str(run / "tokenizer.json"))])
+    assert scratch.trainer.global_step == 20
+    assert first_loss < scalars(tmp_path / "scratch", "train/loss")[0] - 0.5
+    assert scalars(tmp_path / "scratch", "train/loss")[0] > math.log(cont.datamodule.tokenizer.vocab_size) - 1.5
