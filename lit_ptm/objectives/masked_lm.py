@@ -79,13 +79,14 @@ class MaskedLM(PretrainObjective):
 
     def log_extra(self, split, parts, batch):
         step = split == "train"
+        n = len(batch["input_ids"])  # epoch means weight batches by their size
         acc = self.accuracy[f"{split}_acc"]
         acc(parts["predictions"], parts["targets"])
-        self.log(f"{split}/mlm_acc", acc, on_step=step, on_epoch=not step)
+        self.log(f"{split}/mlm_acc", acc, on_step=step, on_epoch=not step, batch_size=n)
         if self.pair_task != "none":
             task = self.pair_task
-            self.log(f"{split}/mlm_loss", parts["lm_loss"], on_step=step, on_epoch=not step)
-            self.log(f"{split}/{task}_loss", parts["pair_loss"], on_step=step, on_epoch=not step)
+            self.log(f"{split}/mlm_loss", parts["lm_loss"], on_step=step, on_epoch=not step, batch_size=n)
+            self.log(f"{split}/{task}_loss", parts["pair_loss"], on_step=step, on_epoch=not step, batch_size=n)
             pair_acc = self.pair_accuracy[f"{split}_acc"]
             pair_acc(parts["pair_predictions"], batch["pair_labels"])
-            self.log(f"{split}/{task}_acc", pair_acc, on_step=step, on_epoch=not step)
+            self.log(f"{split}/{task}_acc", pair_acc, on_step=step, on_epoch=not step, batch_size=n)
