@@ -78,14 +78,14 @@ def test_finetuning_starts_from_the_pretrained_weights(recipe, pretrained_runs):
 
     run = pretrained_runs[recipe]
     state = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
-    model = SequenceClassification(pretrained=str(run), labels=["a", "b", "c"])
+    model = SequenceClassification(pretrained=str(run), labels=["a", "b", "c"], pooler_from_pretrained=True)
     model.configure_model()
     own = model.transformer.state_dict()
     backbone = {k[len("transformer."):]: v for k, v in state.items() if k.startswith("transformer.")}
     assert own.keys() == backbone.keys()
     assert all(torch.equal(own[k], backbone[k]) for k in own)
     assert model.config.causal == (recipe == "gpt")  # a GPT stays a causal reader and pools its last token
-    if recipe == "bert":  # the NSP-pretrained pooler initialises the classifier's dense layer
+    if recipe == "bert":  # on request, the NSP-pretrained pooler initialises the classifier's dense layer
         assert torch.equal(model.head.dense.weight, state["pair_head.pooler.weight"])
 
 
