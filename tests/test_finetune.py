@@ -89,6 +89,26 @@ def test_finetuning_starts_from_the_pretrained_weights(recipe, pretrained_runs):
         assert torch.equal(model.head.dense.weight, state["pair_head.pooler.weight"])
 
 
+def test_from_scratch_baseline_takes_the_architecture_but_not_the_weights(pretrained_runs, tmp_path):
+    from lit_ptm.report import table
+    from lit_ptm.tasks import SequenceClassification
+
+    run = pretrained_runs["bert"]
+    state = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
+    model = SequenceClassification(pretrained=str(run), labels=["a", "b"], from_scratch=True)
+    model.configure_model()
+    own = model.transformer.state_dict()
+    assert {k: v.shape for k, v in own.items()} == {k[len("transformer."):]: v.shape for k, v in state.items() if k.startswith("transformer.")}
+    assert not torch.equal(own["embeddings.tokens.weight"], state["transformer.embeddings.tokens.weight"])
+    assert model.started_from.startswith("random weights in the architecture of")
+    # The side-by-side report of test metrics.
+    for name, acc in (("pre", 0.8), ("scratch", 0.5)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "test_metrics.json").write_text(json.dumps({"test/acc": acc, "test/loss": 1.0}))
+    lines = table([tmp_path / "pre", tmp_path / "scratch"]).splitlines()
+    assert "test/acc" in lines[0] and "0.8000" in lines[1] and "0.5000" in lines[2]
+
+
 # -- tasks through the CLI --------------------------------------------------------------------------
 def keyword_dataset(path, n, seed, pair=False):
     """Label = which keyword group the text contains (3 classes); regression target = count of 'alpha'."""

@@ -31,11 +31,14 @@ class FinetuneTask(L.LightningModule):
             block i of L at ``lr * layer_decay ** (L - i)``, the embeddings at ``lr * layer_decay ** (L + 1)``.
         freeze_embeddings: keep the embeddings (tokens, positions, types, their norm) fixed.
         predictions_file: where ``predict`` writes (JSONL); default ``<run dir>/predictions.jsonl``.
+        from_scratch: take only the pretrained run's architecture (and tokenizer), not its weights: the
+            baseline "same model, no pretraining" to compare a fine-tuned run with.
     """
 
     def __init__(
         self, pretrained: str | None = None, config: ModelConfig = ModelConfig(), optim: OptimConfig = FINETUNE_OPTIM,
         layer_decay: float = 1.0, freeze_embeddings: bool = False, predictions_file: str | None = None,
+        from_scratch: bool = False,
     ):
         super().__init__()
         if not 0.0 < layer_decay <= 1.0:
@@ -45,7 +48,7 @@ class FinetuneTask(L.LightningModule):
             if dataclasses.is_dataclass(self.hparams[key]):
                 self.hparams[key] = dataclasses.asdict(self.hparams[key])
         self.pretrained, self.optim, self.layer_decay = pretrained, optim, layer_decay
-        self.freeze_embeddings, self.predictions_file = freeze_embeddings, predictions_file
+        self.freeze_embeddings, self.predictions_file, self.from_scratch = freeze_embeddings, predictions_file, from_scratch
         self.config = config
         self.transformer: Transformer | None = None
         self.started_from: str | None = None
@@ -76,9 +79,12 @@ class FinetuneTask(L.LightningModule):
                 # The run's architecture as a bidirectional or causal reader, as it was pretrained; dropout from this config.
                 self.config = dataclasses.replace(run.config, dropout=self.config.dropout, attention_dropout=self.config.attention_dropout)
                 self.transformer = Transformer(self.config)
-                self.transformer.load_state_dict(run.backbone_state())  # strict: every weight of the stack comes from the run
-                pretrained_heads = run.state_dict
-                self.started_from = str(run.checkpoint)
+                if self.from_scratch:
+                    self.started_from = f"random weights in the architecture of {run.checkpoint}"
+                else:  # strict: every weight of the stack comes from the run
+                    self.transformer.load_state_dict(run.backbone_state())
+                    pretrained_heads = run.state_dict
+                    self.started_from = str(run.checkpoint)
                 # This run's checkpoints rebuild from their own config and weights, without the old run.
                 self.hparams["config"], self.hparams["pretrained"], self.pretrained = self.config.to_dict(), None, None
             else:

@@ -48,10 +48,11 @@ class SequenceClassification(FinetuneTask):
     def __init__(
         self, pretrained: str | None = None, config: ModelConfig = ModelConfig(), optim: OptimConfig = FINETUNE_OPTIM,
         layer_decay: float = 1.0, freeze_embeddings: bool = False, predictions_file: str | None = None,
+        from_scratch: bool = False,
         labels: list[str] | None = None, regression: bool = False, classifier_dropout: float = 0.1,
         pooler_from_pretrained: bool = False,
     ):
-        super().__init__(pretrained, config, optim, layer_decay, freeze_embeddings, predictions_file)
+        super().__init__(pretrained, config, optim, layer_decay, freeze_embeddings, predictions_file, from_scratch)
         self.labels, self.regression, self.classifier_dropout = labels, regression, classifier_dropout
         self.pooler_from_pretrained = pooler_from_pretrained
         self._build_if_restorable()

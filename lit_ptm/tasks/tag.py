@@ -65,9 +65,10 @@ class TokenClassification(FinetuneTask):
     def __init__(
         self, pretrained: str | None = None, config: ModelConfig = ModelConfig(), optim: OptimConfig = FINETUNE_OPTIM,
         layer_decay: float = 1.0, freeze_embeddings: bool = False, predictions_file: str | None = None,
+        from_scratch: bool = False,
         labels: list[str] | None = None, classifier_dropout: float = 0.1,
     ):
-        super().__init__(pretrained, config, optim, layer_decay, freeze_embeddings, predictions_file)
+        super().__init__(pretrained, config, optim, layer_decay, freeze_embeddings, predictions_file, from_scratch)
         self.labels, self.classifier_dropout = labels, classifier_dropout
         self._build_if_restorable()
 
