@@ -1,5 +1,6 @@
 """Fine-tuning and continued pretraining: features, loading pretrained weights, tasks through the CLI."""
 
+import dataclasses
 import json
 import math
 import random
@@ -109,6 +110,22 @@ def test_from_scratch_baseline_takes_the_architecture_but_not_the_weights(pretra
     assert "test/acc" in lines[0] and "0.8000" in lines[1] and "0.5000" in lines[2]
 
 
+def test_pooling_reads_cls_last_token_or_the_mean_of_real_tokens():
+    from lit_ptm.nn import ModelConfig
+    from lit_ptm.tasks import SequenceClassification
+
+    config = ModelConfig(vocab_size=50, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    hidden = torch.randn(2, 5, 32)
+    batch = {"attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool(), "lengths": torch.tensor([3, 5])}
+    mean = SequenceClassification(config=config, labels=["a", "b"], pooling="mean").pool(hidden, batch)
+    assert torch.allclose(mean[0], hidden[0, :3].mean(0)) and torch.allclose(mean[1], hidden[1].mean(0))
+    assert torch.equal(SequenceClassification(config=config, labels=["a", "b"]).pool(hidden, batch), hidden[:, 0])
+    causal = SequenceClassification(config=dataclasses.replace(config, causal=True), labels=["a", "b"])
+    assert torch.equal(causal.pool(hidden, batch), torch.stack([hidden[0, 2], hidden[1, 4]]))
+    with pytest.raises(ValueError, match="model.pooling='max'"):
+        SequenceClassification(config=config, labels=["a", "b"], pooling="max")
+
+
 # -- tasks through the CLI --------------------------------------------------------------------------
 def keyword_dataset(path, n, seed, pair=False):
     """Label = which keyword group the text contains (3 classes); regression target = count of 'alpha'."""
@@ -204,6 +221,10 @@ def test_another_tokenizer_is_refused(pretrained_runs, tmp_path, monkeypatch, ca
                                        "--data.init_args.val_file", str(train),
                                        "--data.init_args.tokenizer", str(pretrained_runs["gpt"] / "tokenizer.json"))])
     assert "was trained with another tokenizer" in str(e.value) and "leave data.tokenizer unset" in str(e.value)
+    with pytest.raises(ValueError) as e:  # longer inputs than the pretrained model has positions for
+        run_cli(["fit", *finetune_args(pretrained_runs["bert"], tmp_path / "y", "--data.init_args.train_file", str(train),
+                                       "--data.init_args.val_file", str(train), "--data.init_args.max_length", "256")])
+    assert "data.max_length=256 exceeds the model's max_position_embeddings=128" in str(e.value)
 
 
 # -- continued pretraining --------------------------------------------------------------------------

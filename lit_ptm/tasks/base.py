@@ -121,8 +121,17 @@ class FinetuneTask(L.LightningModule):
     def encode(self, batch: dict) -> torch.Tensor:
         return self.transformer(batch["input_ids"], batch.get("attention_mask"), None, batch.get("token_type_ids"))
 
+    pooling = "auto"
+
     def pool(self, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
-        """[CLS] (first token) for encoders; the last real token for causal models (it saw everything). (B, H)"""
+        """One vector per example (B, H). auto: [CLS] (the first token) for encoders, the last real token
+        for causal models (the only one that saw everything); mean: the mean over real tokens."""
+        if self.pooling == "mean":
+            real = batch.get("attention_mask")
+            if real is None:
+                return hidden.mean(1)
+            weights = real.to(hidden.dtype)[..., None]
+            return (hidden * weights).sum(1) / weights.sum(1)
         if not self.config.causal:
             return hidden[:, 0]
         last = batch["lengths"] - 1
