@@ -319,17 +319,21 @@ def qa_dataset(path, n, seed):
     return path
 
 
+def qa_args(run, root, train, dev, *extra):
+    return ["--config", "configs/finetune/qa.yaml", "--model.init_args.pretrained", str(run),
+            "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--model.init_args.optim.lr", "3e-3", "--model.init_args.optim.warmup_steps", "20",
+            "--data.init_args.max_length", "48", "--data.init_args.stride", "16",
+            "--data.init_args.train_file", str(train), "--data.init_args.val_file", str(dev), *extra]
+
+
 def test_extractive_qa_over_windows_reaches_high_exact_match(pretrained_runs, tmp_path, monkeypatch):
     from conftest import ROOT
 
     monkeypatch.chdir(ROOT)
     train, dev = qa_dataset(tmp_path / "train.jsonl", 400, 0), qa_dataset(tmp_path / "dev.jsonl", 60, 1)
     root = tmp_path / "qa"
-    args = ["--config", "configs/finetune/qa.yaml", "--model.init_args.pretrained", str(pretrained_runs["bert"]),
-            "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--model.init_args.optim.lr", "3e-3", "--model.init_args.optim.warmup_steps", "20", "--data.init_args.batch_size", "16",
-            "--data.init_args.max_length", "48", "--data.init_args.stride", "16",
-            "--data.init_args.train_file", str(train), "--data.init_args.val_file", str(dev)]
+    args = qa_args(pretrained_runs["bert"], root, train, dev, "--data.init_args.batch_size", "16")
     cli = run_cli(["fit", *args, "--trainer.max_epochs", "10"])
     windows_per_example = len(cli.datamodule.datasets["val"]) / 60
     assert windows_per_example > 1.3  # many contexts are longer than a window: answers are found across windows
@@ -354,12 +358,8 @@ def test_extractive_qa_under_ddp_gathers_every_window(pretrained_runs, tmp_path,
 
     train, dev = qa_dataset(tmp_path / "train.jsonl", 400, 0), qa_dataset(tmp_path / "dev.jsonl", 60, 1)
     root = tmp_path / "qa-ddp"
-    args = ["--config", "configs/finetune/qa.yaml", "--model.init_args.pretrained", str(pretrained_runs["bert"]),
-            "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--model.init_args.optim.lr", "3e-3", "--model.init_args.optim.warmup_steps", "20", "--data.init_args.batch_size", "8",
-            "--data.init_args.max_length", "48", "--data.init_args.stride", "16", "--trainer.accelerator", "cpu",
-            "--trainer.strategy", "ddp", "--trainer.devices", "2",
-            "--data.init_args.train_file", str(train), "--data.init_args.val_file", str(dev)]
+    args = qa_args(pretrained_runs["bert"], root, train, dev, "--data.init_args.batch_size", "8", "--trainer.accelerator", "cpu",
+                   "--trainer.strategy", "ddp", "--trainer.devices", "2")
     r = run_module(["fit", *args, "--trainer.max_epochs", "10"], env=loopback_env(cache_dir))
     assert r.returncode == 0, r.stderr[-4000:]
     assert list(scalars(root, "val/exact_match").values())[-1] > 75

@@ -137,6 +137,35 @@ class FinetuneTask(L.LightningModule):
         last = batch["lengths"] - 1
         return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
 
+    # -- steps: subclasses implement ``step`` (and ``epoch_end`` for metrics over a whole split) -----
+    def step(self, split: str, batch: dict) -> torch.Tensor:
+        """Loss of a batch; logs ``{split}/loss`` and feeds the split's metrics."""
+        raise NotImplementedError
+
+    def epoch_end(self, split: str) -> None:
+        """Metrics that need the whole evaluation split (entity F1, answers over windows)."""
+
+    def log_loss(self, split: str, loss: torch.Tensor, batch_size: int) -> None:
+        train = split == "train"
+        self.log(f"{split}/loss", loss, prog_bar=True, on_step=train, on_epoch=not train, batch_size=batch_size)
+        if train:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    def training_step(self, batch, batch_idx):
+        return self.step("train", batch)
+
+    def validation_step(self, batch, batch_idx):
+        self.step("val", batch)
+
+    def test_step(self, batch, batch_idx):
+        self.step("test", batch)
+
+    def on_validation_epoch_end(self):
+        self.epoch_end("val")
+
+    def on_test_epoch_end(self):
+        self.epoch_end("test")
+
     # -- optimization ---------------------------------------------------------------------------
     def lr_scale(self, name: str) -> float:
         if self.layer_decay == 1.0:

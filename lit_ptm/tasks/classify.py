@@ -131,28 +131,16 @@ class SequenceClassification(FinetuneTask):
         logits = self.head(self.pool(self.encode(batch), batch)).float()  # (B, n)
         return logits.squeeze(-1) if self.regression else logits
 
-    def _shared_step(self, split: str, batch):
+    def step(self, split: str, batch):
         logits = self(batch)
         labels = batch["labels"]
         loss = F.mse_loss(logits, labels) if self.regression else F.cross_entropy(logits, labels)
-        on_step = split == "train"
-        self.log(f"{split}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=len(labels))
-        if on_step:
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
-        else:
+        self.log_loss(split, loss, len(labels))
+        if split != "train":
             metrics = self.metrics[f"{split}_"]
             metrics.update(logits.detach() if self.regression else logits.detach().argmax(-1), labels)
             self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, on_epoch=True, prog_bar=split == "val")
         return loss
-
-    def training_step(self, batch, batch_idx):
-        return self._shared_step("train", batch)
-
-    def validation_step(self, batch, batch_idx):
-        self._shared_step("val", batch)
-
-    def test_step(self, batch, batch_idx):
-        self._shared_step("test", batch)
 
     def predict_step(self, batch, batch_idx):
         logits = self(batch)

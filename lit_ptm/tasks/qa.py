@@ -89,10 +89,12 @@ class ExtractiveQA(FinetuneTask):
     def _loss(self, start_logits, end_logits, batch):
         return (F.cross_entropy(start_logits, batch["start"]) + F.cross_entropy(end_logits, batch["end"])) / 2
 
-    def training_step(self, batch, batch_idx):
-        loss = self._loss(*self(batch), batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["example"]))
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+    def step(self, split, batch):
+        start_logits, end_logits = self(batch)
+        loss = self._loss(start_logits, end_logits, batch)
+        self.log_loss(split, loss, len(batch["example"]))
+        if split != "train":
+            self._collect(batch, start_logits, end_logits, split)
         return loss
 
     def _collect(self, batch, start_logits, end_logits, split):
@@ -105,11 +107,6 @@ class ExtractiveQA(FinetuneTask):
             text = records[example][self.trainer.datamodule.context_field][offsets[first][0] : offsets[last][1]]
             if example not in self._best or score > self._best[example][0]:
                 self._best[example] = (score, text)
-
-    def _eval_step(self, split, batch):
-        start_logits, end_logits = self(batch)
-        self.log(f"{split}/loss", self._loss(start_logits, end_logits, batch), on_epoch=True, batch_size=len(batch["example"]))
-        self._collect(batch, start_logits, end_logits, split)
 
     def _gathered_best(self) -> dict[int, tuple[float, str]]:
         """Windows of one example may sit on different ranks: merge every rank's best spans."""
@@ -124,7 +121,7 @@ class ExtractiveQA(FinetuneTask):
                         best[k] = v
         return best
 
-    def _eval_epoch_end(self, split):
+    def epoch_end(self, split):
         data = self.trainer.datamodule
         records, best = data.records[split], self._gathered_best()
         preds, targets = [], []
@@ -137,18 +134,6 @@ class ExtractiveQA(FinetuneTask):
         self.log(f"{split}/f1", scores["f1"], prog_bar=split == "val", rank_zero_only=True)
         self.squad[f"{split}_"].reset()
         self._best = {}
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step("val", batch)
-
-    def on_validation_epoch_end(self):
-        self._eval_epoch_end("val")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step("test", batch)
-
-    def on_test_epoch_end(self):
-        self._eval_epoch_end("test")
 
     def on_predict_epoch_start(self):
         super().on_predict_epoch_start()

@@ -131,37 +131,18 @@ class TokenClassification(FinetuneTask):
             out.append([self.labels[p] if p >= 0 else "O" for p in words])
         return out
 
-    def _shared_step(self, split, batch):
+    def step(self, split, batch):
         logits = self(batch)
         loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
-        on_step = split == "train"
-        self.log(f"{split}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=len(batch["ids"]))
-        if on_step:
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
-        else:
-            metric = self.entity_f1[f"{split}_"]
-            metric.update(self.word_tags(logits, batch), batch["tags"])
+        self.log_loss(split, loss, len(batch["ids"]))
+        if split != "train":
+            self.entity_f1[f"{split}_"].update(self.word_tags(logits, batch), batch["tags"])
         return loss
 
-    def _log_entities(self, split):
+    def epoch_end(self, split):
         metric = self.entity_f1[f"{split}_"]
         self.log_dict({f"{split}/{k}": v for k, v in metric.compute().items()}, prog_bar=split == "val")
         metric.reset()
-
-    def training_step(self, batch, batch_idx):
-        return self._shared_step("train", batch)
-
-    def validation_step(self, batch, batch_idx):
-        self._shared_step("val", batch)
-
-    def on_validation_epoch_end(self):
-        self._log_entities("val")
-
-    def test_step(self, batch, batch_idx):
-        self._shared_step("test", batch)
-
-    def on_test_epoch_end(self):
-        self._log_entities("test")
 
     def predict_step(self, batch, batch_idx):
         for i, example_id, tags in zip(batch["index"].tolist(), batch["ids"], self.word_tags(self(batch), batch)):
