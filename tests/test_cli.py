@@ -242,6 +242,22 @@ def test_sharing_and_factorised_embeddings_are_flags_of_any_objective(tmp_path, 
     assert cli.trainer.callback_metrics["val/loss"].item() < before - 1.0
 
 
+def test_nsp_accuracy_rises_above_chance_on_the_builtin_corpus(tmp_path, cache_dir):
+    """The BERT recipe with configs/tiny.yaml on the built-in corpus, at batch 64 for 1000 steps (~1 min):
+    the NSP loss falls and the training accuracy over the last 200 steps' logged batches (~1,300 pairs) is
+    well above one half (chance: 0.5 +- 0.014). Measured here: 0.69, loss 0.69 -> 0.58. The pairs are built
+    once at set-up (as BERT's create_pretraining_data does), so later epochs revisit them: this shows the
+    head learning on this corpus; held-out NSP at this scale is weaker (val 0.56)."""
+    root = tmp_path / "nsp"
+    run_cli(["fit", *tiny_args("bert", root, "--data.init_args.batch_size", "64", "--trainer.max_steps", "1000",
+                               "--trainer.val_check_interval", "500", "--trainer.log_every_n_steps", "10")])
+    accuracy, loss = scalars(root, "train/nsp_acc"), scalars(root, "train/nsp_loss")
+    late = [accuracy[s] for s in accuracy if s >= 800]
+    early_loss, late_loss = [loss[s] for s in loss if s < 200], [loss[s] for s in loss if s >= 800]
+    assert sum(late) / len(late) > 0.55, late
+    assert sum(late_loss) / len(late_loss) < sum(early_loss) / len(early_loss) - 0.03
+
+
 def test_nsp_head_learns_next_sentence_prediction_when_documents_differ_in_topic(tmp_path, cache_dir):
     """Each document draws its words from a topic of its own, so a random B is recognisable by its
     words: the pooled pair head must fit NSP well above chance (labels, layout and head wired right)."""
