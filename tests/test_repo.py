@@ -21,6 +21,20 @@ def test_every_recipe_parses_against_the_signatures(recipe, extra, capsys):
     assert "class_path: lit_ptm.objectives." in printed and "class_path: lit_ptm.data.PretrainDataModule" in printed
 
 
+FINETUNE = sorted(p.name for p in (CONFIGS / "finetune").glob("*.yaml") if p.name != "tiny.yaml")
+
+
+@pytest.mark.parametrize("task", FINETUNE)
+@pytest.mark.parametrize("extra", [None, "finetune/tiny.yaml"])
+def test_every_finetuning_recipe_parses_against_the_signatures(task, extra, capsys):
+    args = ["fit", "--config", str(CONFIGS / "finetune" / task)] + (["--config", str(CONFIGS / extra)] if extra else [])
+    with pytest.raises(SystemExit) as e:
+        run_cli([*args, "--print_config"])
+    assert e.value.code in (0, None), capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "class_path: lit_ptm.tasks." in printed and "class_path: lit_ptm.tasks.FinetuneDataModule" in printed
+
+
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     match = re.search(r"<!-- test-command -->\s*```(?:bash|sh)?\n(.+?)\n```", readme, re.S)
