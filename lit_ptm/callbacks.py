@@ -41,13 +41,11 @@ def read_checkpoint(path, **load_kwargs) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, **load_kwargs)
-    except pickle.UnpicklingError as e:
-        # weights_only refuses objects it does not know (a ModelConfig in the hyper-parameters of a
-        # module built in Python): not a damaged file. Lightning itself loads with weights_only=False.
-        if load_kwargs.get("weights_only") and "Weights only load failed" in str(e):
+    except Exception as e:  # zip errors, unpickling errors, EOF: all mean a damaged file, except ...
+        # ... weights_only refusing an object it does not know (e.g. a dataclass in an older
+        # checkpoint's hyper-parameters): Lightning itself loads with weights_only=False.
+        if isinstance(e, pickle.UnpicklingError) and load_kwargs.get("weights_only") and "Weights only load failed" in str(e):
             return read_checkpoint(path, **{**load_kwargs, "weights_only": False})
-        raise CheckpointError(f"checkpoint {path} cannot be read: it is corrupt or truncated ({type(e).__name__}: {e})") from e
-    except Exception as e:  # zip errors, unpickling errors, EOF: all mean a damaged file
         raise CheckpointError(f"checkpoint {path} cannot be read: it is corrupt or truncated ({type(e).__name__}: {e})") from e
 
 

@@ -10,8 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LightningCLI
 
-from lit_ptm.callbacks import RunCheckpoint, read_checkpoint
-from lit_ptm.callbacks import CheckpointMismatchError
+from lit_ptm.callbacks import CheckpointMismatchError, RunCheckpoint, read_checkpoint
 from lit_ptm.pretrained import tokenizer_of
 
 

@@ -32,9 +32,7 @@ class Pretrained:
 
     @property
     def tokenizer_file(self) -> Path | None:
-        """The tokenizer.json of the run the checkpoint belongs to (its directory)."""
-        path = self.checkpoint.parent / "tokenizer.json"
-        return path if path.is_file() else None
+        return tokenizer_of(self.checkpoint)
 
 
 def checkpoint_of(path: str | Path) -> Path:

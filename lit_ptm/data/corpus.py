@@ -54,6 +54,17 @@ def _decoded_lines(path: Path, decode_errors: str) -> Iterator[tuple[int, str]]:
         warnings.warn(f"{path}: skipped {skipped} line(s) that are not valid UTF-8 (first at line {first_bad})")
 
 
+def json_record(path, lineno: int, line: str) -> dict:
+    """One JSONL line as a dict, or an error naming the file and line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise CorpusError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(record, dict):
+        raise CorpusError(f"{path}:{lineno}: a JSON object is expected, got {type(record).__name__}")
+    return record
+
+
 def iter_documents(path: Path, decode_errors: str = "fail", text_field: str = "text") -> Iterator[list[str]]:
     """Yield the documents of one file as lists of sentences. Raises if the file holds no text."""
     if decode_errors not in DECODE_POLICIES:
@@ -65,11 +76,8 @@ def iter_documents(path: Path, decode_errors: str = "fail", text_field: str = "t
         for lineno, line in _decoded_lines(path, decode_errors):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(f"{path}:{lineno}: not a JSON object ({e.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            record = json_record(path, lineno, line)
+            if not isinstance(record.get(text_field), str):
                 raise CorpusError(f"{path}:{lineno}: no string field {text_field!r} (set data.text_field)")
             sentences = [s.strip() for s in record[text_field].splitlines() if s.strip()]
             if sentences:

@@ -12,7 +12,7 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 import numpy as np
 import torch
 from tokenizers import Tokenizer as HFTokenizer
-from torch.utils.data import BatchSampler, DataLoader
+from torch.utils.data import DataLoader
 
 from lit_ptm.data.builtin import write_builtin_corpus
 from lit_ptm.data.corpus import CorpusError, iter_documents, resolve_files
@@ -28,11 +28,28 @@ def default_cache_dir() -> Path:
 class ResumableLoaders:
     """Exact resume for a LightningDataModule whose train loader draws from ``self._train_sampler``
     (a ResumableSampler): the checkpoint stores what the fit loop consumed, and a resumed run's
-    sampler skips it. Also the evaluation loaders, from ``self._loader(split, sampler, batch_size)``,
-    ``self.datasets``, ``self.eval_batch_size`` and ``self.seed``; sets ``self._resume`` and ``self._train_sampler``."""
+    sampler skips it. Also the loaders themselves, from ``self.datasets``, ``self._collate_fn()``,
+    ``self.eval_batch_size``, ``self.num_workers`` and ``self.seed``."""
 
     _resume: dict | None = None
     _train_sampler: ResumableSampler | None = None
+    drop_last_train_batch = True  # pretraining drops a ragged last batch; fine-tuning keeps every example
+
+    def _collate_fn(self):
+        raise NotImplementedError
+
+    def _loader(self, split: str, sampler: ResumableSampler, batch_size: int) -> DataLoader:
+        # sampler + batch_size rather than a batch_sampler: for `predict` Lightning rebuilds the batch
+        # sampler around the loader's sampler, which must then be ours.
+        return DataLoader(
+            self.datasets[split], sampler=sampler, batch_size=batch_size,
+            drop_last=self.drop_last_train_batch and split == "train", collate_fn=self._collate_fn(),
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            pin_memory=isinstance(self.trainer.accelerator, CUDAAccelerator),
+            # Its own generator: creating an iterator must not draw from the global RNG (dropout's),
+            # or a resumed run would see a different dropout stream than an uninterrupted one.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
 
     def _rank(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
@@ -248,18 +265,8 @@ class PretrainDataModule(ResumableLoaders, L.LightningDataModule):
             )
         return {"train": (store, np.sort(order[taken:])), **splits}
 
-    def _loader(self, split: str, sampler: ResumableSampler, batch_size: int) -> DataLoader:
-        module = self.trainer.lightning_module
-        isolate = not self.cross_document_attention
-        collate = module.collator(self.tokenizer.ids, self.seed, isolate)
-        return DataLoader(
-            self.datasets[split], batch_sampler=BatchSampler(sampler, batch_size, drop_last=split == "train"),
-            collate_fn=collate, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-            pin_memory=isinstance(self.trainer.accelerator, CUDAAccelerator),
-            # Its own generator: creating an iterator must not draw from the global RNG (dropout's),
-            # or a resumed run would see a different dropout stream than an uninterrupted one.
-            generator=torch.Generator().manual_seed(self.seed),
-        )
+    def _collate_fn(self):
+        return self.trainer.lightning_module.collator(self.tokenizer.ids, self.seed, not self.cross_document_attention)
 
     def train_dataloader(self) -> DataLoader:
         _, world = self._rank()

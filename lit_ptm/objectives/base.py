@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import time
 from dataclasses import dataclass
@@ -50,6 +51,16 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
     return min_ratio + (1.0 - min_ratio) * decay
 
 
+def save_plain_hyperparameters(module: L.LightningModule) -> None:
+    """``save_hyperparameters`` of the caller's init arguments, with dataclass configs as plain dicts,
+    however the module was built: its checkpoints then load with torch.load(weights_only=True) (as
+    LightningCLI reads them) and parse as YAML config."""
+    module.save_hyperparameters(frame=inspect.currentframe().f_back)
+    for key, value in list(module.hparams.items()):
+        if dataclasses.is_dataclass(value):
+            module.hparams[key] = dataclasses.asdict(value)
+
+
 def adamw_with_schedule(module: L.LightningModule, o: OptimConfig, lr_scale=None):
     """AdamW over the module's trainable parameters, with the warmup/decay schedule stepped per optimizer step.
 
@@ -93,12 +104,7 @@ class PretrainObjective(L.LightningModule):
         new domain's corpus): its architecture and weights, with a fresh optimizer and schedule. The
         data must use its tokenizer (the run's tokenizer.json is taken when data.tokenizer is unset)."""
         super().__init__()
-        self.save_hyperparameters()
-        # Plain dicts in the hyper-parameters, however the module was built: the checkpoint then loads
-        # with torch.load(weights_only=True) (as LightningCLI reads it) and parses as YAML config.
-        for key in ("config", "optim"):
-            if dataclasses.is_dataclass(self.hparams[key]):
-                self.hparams[key] = dataclasses.asdict(self.hparams[key])
+        save_plain_hyperparameters(self)
         self.config = dataclasses.replace(config, causal=self.causal)
         self.optim, self.pretrained = optim, pretrained
         self.transformer: Transformer | None = None
@@ -129,10 +135,20 @@ class PretrainObjective(L.LightningModule):
             )
         if self.transformer is not None:
             return
+        run = None
         if self.pretrained is not None:
-            self._build_from_pretrained(tokenizer)
-            return
-        if tokenizer is not None and self.config.vocab_size is None:
+            from lit_ptm.pretrained import check_tokenizer, load_pretrained
+
+            run = load_pretrained(self.pretrained)
+            check_tokenizer(run, tokenizer)
+            # The pretrained run's architecture, with this config's dropout; this run's checkpoints
+            # rebuild from their own config and weights, without the old checkpoint.
+            self.config = dataclasses.replace(
+                run.config, causal=self.causal, dropout=self.config.dropout, attention_dropout=self.config.attention_dropout
+            )
+            self.hparams["config"], self.hparams["pretrained"] = self.config.to_dict(), None
+            self.started_from = str(run.checkpoint)
+        elif tokenizer is not None and self.config.vocab_size is None:
             self.config = dataclasses.replace(self.config, vocab_size=tokenizer.vocab_size)
             # Record the resolved size, so that the checkpoint's hyper-parameters rebuild the same model.
             self.hparams["config"]["vocab_size"] = tokenizer.vocab_size
@@ -141,24 +157,12 @@ class PretrainObjective(L.LightningModule):
         # Per evaluation split: the objective's loss, and the LM part of it (for perplexity).
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_lm_loss, self.test_lm_loss = MeanMetric(), MeanMetric()
+        if run is not None:
+            self._load_pretrained_weights(run)
 
-    def _build_from_pretrained(self, tokenizer) -> None:
-        """Continued pretraining: the pretrained run's architecture (dropout from this config) and weights.
-        Heads this objective shares with the checkpoint's (the LM head) continue; others start fresh."""
-        from lit_ptm.pretrained import check_tokenizer, load_pretrained
-
-        run = load_pretrained(self.pretrained)
-        check_tokenizer(run, tokenizer)
-        self.config = dataclasses.replace(
-            run.config, causal=self.causal, dropout=self.config.dropout, attention_dropout=self.config.attention_dropout
-        )
-        # This run's checkpoints rebuild from their own config and weights, without the old checkpoint.
-        self.hparams["config"], self.hparams["pretrained"] = self.config.to_dict(), None
-        self.started_from = str(run.checkpoint)
-        self.transformer = Transformer(self.config)
-        self.build_heads()
-        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
-        self.val_lm_loss, self.test_lm_loss = MeanMetric(), MeanMetric()
+    def _load_pretrained_weights(self, run) -> None:
+        """Continued pretraining: the stack's weights all come from the run; heads this objective shares
+        with the checkpoint's (the LM head) continue, others start fresh."""
         own = self.state_dict()
         matching = {k: v for k, v in run.state_dict.items() if k in own and own[k].shape == v.shape}
         missing_backbone = [k for k in own if k.startswith(f"{self.backbone}.") and k not in matching]

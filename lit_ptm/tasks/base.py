@@ -13,7 +13,7 @@ import torch
 
 from lit_ptm.callbacks import CheckpointMismatchError
 from lit_ptm.nn import ModelConfig, Transformer
-from lit_ptm.objectives.base import OptimConfig, adamw_with_schedule
+from lit_ptm.objectives.base import CHECKPOINT_FORMAT, OptimConfig, adamw_with_schedule, save_plain_hyperparameters
 from lit_ptm.pretrained import check_tokenizer, load_pretrained
 
 FINETUNE_OPTIM = OptimConfig(lr=5e-5, weight_decay=0.01, warmup_steps=100)
@@ -43,10 +43,7 @@ class FinetuneTask(L.LightningModule):
         super().__init__()
         if not 0.0 < layer_decay <= 1.0:
             raise ValueError(f"model.layer_decay={layer_decay} must be in (0, 1]")
-        self.save_hyperparameters()
-        for key in ("config", "optim"):
-            if dataclasses.is_dataclass(self.hparams[key]):
-                self.hparams[key] = dataclasses.asdict(self.hparams[key])
+        save_plain_hyperparameters(self)
         self.pretrained, self.optim, self.layer_decay = pretrained, optim, layer_decay
         self.freeze_embeddings, self.predictions_file, self.from_scratch = freeze_embeddings, predictions_file, from_scratch
         self.config = config
@@ -188,7 +185,7 @@ class FinetuneTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         tokenizer = getattr(self._datamodule(), "tokenizer", None)
         checkpoint["lit_ptm"] = {
-            "format": 1, "objective": type(self).__name__, "backbone": "transformer", "model_config": self.config.to_dict(),
+            "format": CHECKPOINT_FORMAT, "objective": type(self).__name__, "backbone": "transformer", "model_config": self.config.to_dict(),
             "tokenizer_sha": tokenizer.sha if tokenizer is not None else None, "started_from": self.started_from,
         }
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import torch
-from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader
 
 from lit_ptm.data.corpus import CorpusError
@@ -35,6 +33,8 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
             answers = {"text": [...], "answer_start": [...]}).
         stride: QA windows overlap by this many context tokens.
     """
+
+    drop_last_train_batch = False
 
     def __init__(
         self,
@@ -105,15 +105,8 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
         if self.trainer is not None and self.trainer.is_global_zero and self.trainer.default_root_dir:
             self.tokenizer.save(Path(self.trainer.default_root_dir) / "tokenizer.json")
 
-    def _loader(self, split: str, sampler, batch_size: int) -> DataLoader:
-        # sampler + batch_size rather than a batch_sampler: for `predict` Lightning rebuilds the batch
-        # sampler around the loader's sampler, which must then be ours.
-        return DataLoader(
-            self.datasets[split], sampler=sampler, batch_size=batch_size, drop_last=False,
-            collate_fn=self.trainer.lightning_module.collate, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, pin_memory=isinstance(self.trainer.accelerator, CUDAAccelerator),
-            generator=torch.Generator().manual_seed(self.seed),
-        )
+    def _collate_fn(self):
+        return self.trainer.lightning_module.collate
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self._make_train_sampler(len(self.datasets["train"]), self.seed), self.batch_size)

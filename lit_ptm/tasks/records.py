@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
-from lit_ptm.data.corpus import CorpusError
+from lit_ptm.data.corpus import CorpusError, json_record
 
 FORMATS = ("jsonl", "csv", "tsv")
 
@@ -40,12 +39,7 @@ def read_records(path: str | Path, fmt: str = "auto") -> list[dict]:
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(f"{path}:{n}: not valid JSON ({e.msg})") from e
-            if not isinstance(record, dict):
-                raise CorpusError(f"{path}:{n}: a JSON object is expected, got {type(record).__name__}")
+            record = json_record(path, n, line)
             record["_line"] = n
             records.append(record)
     else:
