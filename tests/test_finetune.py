@@ -168,6 +168,10 @@ def test_classification_trains_well_above_chance_tests_and_predicts(recipe, pret
     data = ["--data.init_args.train_file", str(train), "--data.init_args.val_file", str(dev), "--data.init_args.text_pair_field", "text2"]
     cli = run_cli(["fit", *finetune_args(pretrained_runs[recipe], root, *data, "--trainer.max_epochs", "16")])
     assert cli.model.labels == ["files", "network", "text"]
+    # Laid out, while fitting, for the reader the run was pretrained as (the data are built before the
+    # stack is): encoders [CLS] A [SEP] B [SEP], causal models A [SEP] B [EOS].
+    ids, special = cli.datamodule.datasets["train"].windows[0]["ids"].tolist(), cli.datamodule.tokenizer.ids
+    assert (ids[0] == special.cls, ids[-1]) == ((True, special.sep) if recipe == "bert" else (False, special.eos))
     assert cli.trainer.callback_metrics["val/acc"].item() > 0.9  # chance: 1/3
     test = run_cli(["test", *finetune_args(pretrained_runs[recipe], root, *data, "--data.init_args.test_file", str(csv_test)),
                     "--ckpt_path", str(root / "last.ckpt")])

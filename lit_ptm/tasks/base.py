@@ -49,6 +49,7 @@ class FinetuneTask(L.LightningModule):
         self.config = config
         self.transformer: Transformer | None = None
         self.started_from: str | None = None
+        self._run = None  # the pretrained run, read once (see architecture())
         self._predictions: list[dict] = []
 
     @property
@@ -65,16 +66,25 @@ class FinetuneTask(L.LightningModule):
         if self.config.vocab_size is not None and self.pretrained is None and self.labels_known:
             self.configure_model()
 
+    def architecture(self) -> ModelConfig:
+        """The model's config, the pretrained run's once known. The data module builds features (laid out
+        for a bidirectional or a causal reader) before Lightning calls configure_model, so the run's
+        config is read here, on first use, not in configure_model."""
+        if self.pretrained is not None and self._run is None:
+            self._run = load_pretrained(self.pretrained)
+            # The run's architecture as a bidirectional or causal reader, as it was pretrained; dropout from this config.
+            self.config = dataclasses.replace(self._run.config, dropout=self.config.dropout, attention_dropout=self.config.attention_dropout)
+        return self.config
+
     def configure_model(self) -> None:
         dm = self._datamodule()
         tokenizer = getattr(dm, "tokenizer", None)
         if self.transformer is None:
             pretrained_heads = {}
             if self.pretrained is not None:
-                run = load_pretrained(self.pretrained)
+                self.architecture()
+                run = self._run
                 check_tokenizer(run, tokenizer)
-                # The run's architecture as a bidirectional or causal reader, as it was pretrained; dropout from this config.
-                self.config = dataclasses.replace(run.config, dropout=self.config.dropout, attention_dropout=self.config.attention_dropout)
                 self.transformer = Transformer(self.config)
                 if self.from_scratch:
                     self.started_from = f"random weights in the architecture of {run.checkpoint}"
@@ -84,6 +94,7 @@ class FinetuneTask(L.LightningModule):
                     self.started_from = str(run.checkpoint)
                 # This run's checkpoints rebuild from their own config and weights, without the old run.
                 self.hparams["config"], self.hparams["pretrained"], self.pretrained = self.config.to_dict(), None, None
+                self._run = None  # its tensors are in the stack now
             else:
                 if self.config.vocab_size is None:
                     if tokenizer is None:

@@ -93,7 +93,7 @@ class SequenceClassification(FinetuneTask):
             self.hparams["labels"] = self.labels
         texts = [field(r, data.text_field, path, str) for r in records]
         pairs = [field(r, data.text_pair_field, path, str) for r in records] if data.text_pair_field else None
-        features = encode_texts(data.tokenizer, texts, pairs, data.max_length, self.config.causal)
+        features = encode_texts(data.tokenizer, texts, pairs, data.max_length, self.architecture().causal)
         index = {label: i for i, label in enumerate(self.labels or [])}
         for f, r in zip(features, records):
             f["ids"], f["token_type"] = torch.tensor(f["ids"]), torch.tensor(f["token_type"])

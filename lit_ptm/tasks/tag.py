@@ -95,7 +95,7 @@ class TokenClassification(FinetuneTask):
         for r, ws, ts in zip(records, words, tags):
             if ts is not None and len(ts) != len(ws):
                 raise CorpusError(f"{path}:{r['_line']}: {len(ws)} words but {len(ts)} tags")
-            ids, word_ids = encode_words(data.tokenizer, [str(w) for w in ws], data.max_length, self.config.causal)
+            ids, word_ids = encode_words(data.tokenizer, [str(w) for w in ws], data.max_length, self.architecture().causal)
             feature = {"ids": torch.tensor(ids), "word_ids": word_ids, "num_words": len(ws), "id": r.get(data.id_field, r["_line"])}
             if ts is not None:
                 unknown = [t for t in ts if t not in index]
