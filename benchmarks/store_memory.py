@@ -9,11 +9,9 @@ process (the tokenizer is trained once beforehand), whose peak resident memory i
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 BUILD = """

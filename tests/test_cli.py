@@ -2,12 +2,11 @@
 
 import math
 import os
-import shutil
 
 import pytest
 import torch
 
-from conftest import CONFIGS, ROOT, run_cli, run_module, scalars, tiny_args, write_corpus
+from conftest import ROOT, run_cli, run_module, scalars, tiny_args, write_corpus
 
 RECIPES = ["gpt", "bert", "roberta", "albert"]
 
@@ -96,7 +95,7 @@ def test_resume_from_the_end_of_an_epoch_starts_the_next_epoch_whole(tmp_path, c
 def test_user_corpus_jsonl_and_held_out_files(tmp_path, cache_dir):
     import json
 
-    train = write_corpus(tmp_path / "train.txt", n_docs=30)
+    write_corpus(tmp_path / "train.txt", n_docs=30)
     val = tmp_path / "val.jsonl"
     val.write_text("".join(json.dumps({"text": t}) + "\n" for t in write_corpus(tmp_path / "v.txt", 6, seed=9).read_text().split("\n\n")))
     cli = run_cli(["fit", *tiny_args("bert", tmp_path / "run", "--data.init_args.train_files", str(tmp_path / "train*.txt"),
