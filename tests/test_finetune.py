@@ -166,8 +166,10 @@ def test_classification_trains_well_above_chance_tests_and_predicts(recipe, pret
     csv_test.write_text("id,text,text2,label\n" + "".join(f"{r['id']},{r['text']},{r['text2']},{r['label']}\n" for r in rows))
     root = tmp_path / "cls"
     data = ["--data.init_args.train_file", str(train), "--data.init_args.val_file", str(dev), "--data.init_args.text_pair_field", "text2"]
-    cli = run_cli(["fit", *finetune_args(pretrained_runs[recipe], root, *data, "--trainer.max_epochs", "16")])
+    cli = run_cli(["fit", *finetune_args(pretrained_runs[recipe], root, *data, "--trainer.max_epochs", "16",
+                                         "--data.init_args.train_examples", "360")])
     assert cli.model.labels == ["files", "network", "text"]
+    assert len(cli.datamodule.datasets["train"]) == 360  # a subset of the 400 training records
     # Laid out, while fitting, for the reader the run was pretrained as (the data are built before the
     # stack is): encoders [CLS] A [SEP] B [SEP], causal models A [SEP] B [EOS].
     ids, special = cli.datamodule.datasets["train"].windows[0]["ids"].tolist(), cli.datamodule.tokenizer.ids
@@ -367,3 +369,21 @@ def test_extractive_qa_under_ddp_gathers_every_window(pretrained_runs, tmp_path,
     r = run_module(["fit", *args, "--trainer.max_epochs", "10"], env=loopback_env(cache_dir))
     assert r.returncode == 0, r.stderr[-4000:]
     assert list(scalars(root, "val/exact_match").values())[-1] > 75
+
+
+def test_train_examples_is_a_seeded_subset_in_file_order(tmp_path):
+    from lit_ptm.data.corpus import CorpusError
+    from lit_ptm.tasks import FinetuneDataModule
+    from lit_ptm.tasks.records import read_records
+
+    records = read_records(keyword_dataset(tmp_path / "train.jsonl", 50, 0), "auto")
+    pick = lambda seed, n=20: [r["id"] for r in FinetuneDataModule(train_examples=n, seed=seed)._subset(records)]  # noqa: E731
+    ids = pick(1)
+    assert len(ids) == len(set(ids)) == 20 and ids == pick(1) and ids != pick(2)
+    order = [r["id"] for r in records]
+    assert ids == sorted(ids, key=order.index)
+    assert len(pick(1, 50)) == 50
+    with pytest.raises(CorpusError, match="data.train_examples=51 exceeds the 50 records"):
+        pick(1, 51)
+    with pytest.raises(ValueError, match="data.train_examples=0"):
+        FinetuneDataModule(train_examples=0)

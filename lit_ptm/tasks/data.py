@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from lit_ptm.data.corpus import CorpusError
@@ -32,6 +33,8 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
         question_field, context_field, answers_field, id_field: extractive QA (SQuAD layout:
             answers = {"text": [...], "answer_start": [...]}).
         stride: QA windows overlap by this many context tokens.
+        train_examples: fine-tune on a random subset of this many training records (learning curves,
+            few-shot runs), the same subset for every run with the same ``seed``; None: all of them.
     """
 
     drop_last_train_batch = False
@@ -57,6 +60,7 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
         answers_field: str = "answers",
         id_field: str = "id",
         stride: int = 32,
+        train_examples: int | None = None,
         num_workers: int = 0,
         cache_dir: str | None = None,
         seed: int = 1234,
@@ -64,13 +68,15 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
         super().__init__()
         if max_length < 4:
             raise ValueError(f"data.max_length={max_length} is too short")
+        if train_examples is not None and train_examples < 1:
+            raise ValueError(f"data.train_examples={train_examples} must be at least 1 (or null for all)")
         self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
         self.format, self.tokenizer_path, self.max_length = format, tokenizer, max_length
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.text_field, self.text_pair_field, self.label_field = text_field, text_pair_field, label_field
         self.tokens_field, self.tags_field = tokens_field, tags_field
         self.question_field, self.context_field, self.answers_field, self.id_field = question_field, context_field, answers_field, id_field
-        self.stride, self.num_workers, self.seed = stride, num_workers, seed
+        self.stride, self.num_workers, self.seed, self.train_examples = stride, num_workers, seed, train_examples
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.tokenizer: Tokenizer | None = None
         self.records: dict[str, list[dict]] = {}
@@ -97,6 +103,8 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
             if split == "train" and split not in wanted and getattr(module, "labels_known", True):
                 continue
             self.records[split] = read_records(self.files[split], self.format)
+            if split == "train" and self.train_examples is not None:
+                self.records[split] = self._subset(self.records[split])
             if module is not None:
                 self.datasets[split] = WindowDataset(module.build_features(self.records[split], split, self))
         for split in wanted:
@@ -104,6 +112,12 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
                 raise CorpusError(f"`{stage}` needs data.{split}_file")
         if self.trainer is not None and self.trainer.is_global_zero and self.trainer.default_root_dir:
             self.tokenizer.save(Path(self.trainer.default_root_dir) / "tokenizer.json")
+
+    def _subset(self, records: list[dict]) -> list[dict]:
+        if self.train_examples > len(records):
+            raise CorpusError(f"data.train_examples={self.train_examples} exceeds the {len(records)} records of {self.files['train']}")
+        keep = torch.randperm(len(records), generator=torch.Generator().manual_seed(self.seed))[: self.train_examples]
+        return [records[i] for i in sorted(keep.tolist())]  # in file order
 
     def _collate_fn(self):
         return self.trainer.lightning_module.collate
