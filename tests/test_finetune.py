@@ -387,3 +387,24 @@ def test_train_examples_is_a_seeded_subset_in_file_order(tmp_path):
         pick(1, 51)
     with pytest.raises(ValueError, match="data.train_examples=0"):
         FinetuneDataModule(train_examples=0)
+
+
+@pytest.mark.parametrize("task", ["classify", "tag"])
+def test_a_training_subset_keeps_the_whole_files_label_set(task, pretrained_runs, tmp_path):
+    """One training record cannot show every class: the label set (the head's outputs, and what val/test
+    labels may be) still comes from the whole training file."""
+    from types import SimpleNamespace
+
+    from lit_ptm.nn import ModelConfig
+    from lit_ptm.tasks import FinetuneDataModule, SequenceClassification, TokenClassification
+
+    files = keyword_dataset(tmp_path / "train.jsonl", 40, 0) if task == "classify" else ner_dataset(tmp_path / "train.jsonl", 40, 0)
+    data = FinetuneDataModule(train_file=str(files), val_file=str(files), tokenizer=str(pretrained_runs["bert"] / "tokenizer.json"),
+                              max_length=32, train_examples=1)
+    config = ModelConfig(vocab_size=None, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    module = SequenceClassification(config=config) if task == "classify" else TokenClassification(config=config)
+    data.trainer = SimpleNamespace(lightning_module=module, is_global_zero=True, default_root_dir=None)
+    data.setup("fit")
+    assert len(data.datasets["train"]) == 1 and len(data.datasets["val"]) == 40
+    expected = ["files", "network", "text"] if task == "classify" else ["O", "B-LOC", "I-LOC", "B-PER"]
+    assert module.labels == expected

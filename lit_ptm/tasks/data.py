@@ -34,7 +34,8 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
             answers = {"text": [...], "answer_start": [...]}).
         stride: QA windows overlap by this many context tokens.
         train_examples: fine-tune on a random subset of this many training records (learning curves,
-            few-shot runs), the same subset for every run with the same ``seed``; None: all of them.
+            few-shot runs), the same subset for every run with the same ``seed`` (this data seed, not
+            seed_everything); the label set still comes from the whole file. None: all of them.
     """
 
     drop_last_train_batch = False
@@ -102,11 +103,10 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
                 continue
             if split == "train" and split not in wanted and getattr(module, "labels_known", True):
                 continue
-            self.records[split] = read_records(self.files[split], self.format)
-            if split == "train" and self.train_examples is not None:
-                self.records[split] = self._subset(self.records[split])
+            self.records[split] = read_records(self.files[split], self.format)  # all: the label set comes from these
+            records = self._subset(self.records[split]) if split == "train" and self.train_examples is not None else self.records[split]
             if module is not None:
-                self.datasets[split] = WindowDataset(module.build_features(self.records[split], split, self))
+                self.datasets[split] = WindowDataset(module.build_features(records, split, self))
         for split in wanted:
             if split not in self.datasets:
                 raise CorpusError(f"`{stage}` needs data.{split}_file")

@@ -88,7 +88,8 @@ class TokenClassification(FinetuneTask):
         words = [field(r, data.tokens_field, path, list) for r in records]
         tags = [field(r, data.tags_field, path, list) for r in records] if split != "predict" else [None] * len(records)
         if split == "train" and not self.labels_known:
-            self.labels = sorted({t for ts in tags for t in ts}, key=lambda t: (t != "O", t.partition("-")[2], t))
+            every = {t for r in data.records[split] for t in field(r, data.tags_field, path, list)}  # the whole file's tags
+            self.labels = sorted(every, key=lambda t: (t != "O", t.partition("-")[2], t))
             self.hparams["labels"] = self.labels
         index = {t: i for i, t in enumerate(self.labels)}
         features = []
