@@ -245,17 +245,17 @@ def test_sharing_and_factorised_embeddings_are_flags_of_any_objective(tmp_path, 
 def test_pair_task_accuracy_rises_above_chance_on_the_builtin_corpus(tmp_path, cache_dir, recipe, task):
     """Each pair-task recipe with configs/tiny.yaml on the built-in corpus, at batch 64 for 800 steps
     (~40 s): the pair loss falls and the training accuracy over the logged batches of steps 600-800
-    (~1,300 pairs; chance: 0.5 +- 0.014) is well above one half. Measured here (two seeds), steps
-    750-1000: NSP 0.76 / 0.77, SOP 0.66 / 0.68; held-out val (298 pairs) at step 1000: NSP 0.54-0.59,
-    SOP 0.56-0.61. Pairs are built once at set-up (as BERT's create_pretraining_data does), so later
-    epochs revisit them; held-out accuracy at this scale is lower than training accuracy."""
+    (~1,300 pairs; chance: 0.5 +- 0.014) is well above one half. Measured in exactly this setting with
+    seeds 42 / 7: NSP 0.755 / 0.736, SOP 0.648 / 0.623; held-out (298 pairs) at step 800: NSP 0.58 /
+    0.54, SOP 0.60 / 0.60. Pairs are built once at set-up (as BERT's create_pretraining_data does), so
+    later epochs revisit them; held-out accuracy at this scale is lower than training accuracy."""
     root = tmp_path / task
     run_cli(["fit", *tiny_args(recipe, root, "--data.init_args.batch_size", "64", "--trainer.max_steps", "800",
                                "--trainer.val_check_interval", "400", "--trainer.log_every_n_steps", "10")])
     accuracy, loss = scalars(root, f"train/{task}_acc"), scalars(root, f"train/{task}_loss")
     late = [accuracy[s] for s in accuracy if s >= 600]
     early_loss, late_loss = [loss[s] for s in loss if s < 200], [loss[s] for s in loss if s >= 600]
-    assert sum(late) / len(late) > 0.58, late
+    assert sum(late) / len(late) > 0.57, late
     assert sum(late_loss) / len(late_loss) < sum(early_loss) / len(early_loss) - 0.03
 
 
