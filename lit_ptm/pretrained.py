@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from lit_ptm.callbacks import CheckpointMismatchError, read_checkpoint
+from lit_ptm.callbacks import CheckpointError, CheckpointMismatchError, read_checkpoint
 from lit_ptm.nn import ModelConfig
 
 
@@ -35,16 +35,16 @@ class Pretrained:
         return tokenizer_of(self.checkpoint)
 
 
-def checkpoint_of(path: str | Path) -> Path:
-    """A run directory's last.ckpt, or the file itself."""
+def checkpoint_of(path: str | Path, key: str = "model.pretrained") -> Path:
+    """A run directory's last.ckpt (else its best.ckpt), or the file itself; ``key`` names the flag in errors."""
     path = Path(path)
     if path.is_dir():
         for name in ("last.ckpt", "best.ckpt"):
             if (path / name).is_file():
                 return path / name
-        raise FileNotFoundError(f"model.pretrained={path} is a directory without last.ckpt or best.ckpt")
+        raise CheckpointError(f"{key}={path} is a directory without last.ckpt or best.ckpt")
     if not path.is_file():
-        raise FileNotFoundError(f"model.pretrained={path} does not exist (give a run directory or a .ckpt file)")
+        raise CheckpointError(f"{key}={path} does not exist (give a run directory or a .ckpt file)")
     return path
 
 
@@ -56,7 +56,7 @@ def tokenizer_of(path: str | Path) -> Path | None:
 
 def load_pretrained(path: str | Path) -> Pretrained:
     checkpoint = checkpoint_of(path)
-    raw = read_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+    raw = read_checkpoint(checkpoint)
     meta = raw.get("lit_ptm")
     if meta is None:
         raise CheckpointMismatchError(f"model.pretrained={checkpoint} was not written by lit_ptm (no 'lit_ptm' entry)")

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+from lit_ptm.errors import LitPtmError
+from lit_ptm.rundir import atomic_write
 
 PAD, UNK, CLS, SEP, MASK, BOS, EOS = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BOS]", "[EOS]"
 NUM_SENTINELS = 100  # T5's span-corruption sentinels
@@ -30,7 +32,7 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 TOKENIZER_KINDS = ("wordpiece", "bpe", "unigram")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(LitPtmError, ValueError):
     pass
 
 
@@ -100,11 +102,8 @@ class Tokenizer:
         return cls(hf, source=str(path))
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        self.hf.save(str(tmp))
-        tmp.replace(path)
+        with atomic_write(path) as tmp:
+            self.hf.save(str(tmp))
 
     def encode_arrays(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Encode ``texts`` (no special tokens added) into flat arrays: token ids [T], word-start

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT, run_cli, run_module, scalars, tiny_args, write_corpus
+from conftest import CONFIGS, ROOT, run_cli, run_module, scalars, tiny_args, write_corpus
 
 RECIPES = ["gpt", "bert", "roberta", "albert"]
 
@@ -56,7 +56,7 @@ def test_killed_run_resumes_with_the_same_batches_and_losses(recipe, tmp_path, c
     r = run_module(["fit", *tiny_args(recipe, killed, *common, "--trainer.max_steps", "13",
                                       "--trainer.callbacks+=helpers.KillAt", "--trainer.callbacks.step", "8")], env=env)
     assert r.returncode == 3, r.stderr[-3000:]
-    ckpt = torch.load(killed / "last.ckpt", weights_only=False)
+    ckpt = torch.load(killed / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 5  # the periodic checkpoint, written before the kill at step 8
     r = run_module(["fit", *tiny_args(recipe, killed, *common, "--trainer.max_steps", "13"),
                     "--ckpt_path", str(killed / "last.ckpt")], env=env)
@@ -82,7 +82,7 @@ def test_resume_from_the_end_of_an_epoch_starts_the_next_epoch_whole(tmp_path, c
     assert cli.trainer.global_step == 2 * per_epoch and per_epoch >= 5
     split = tmp_path / "split"
     run_cli(["fit", *tiny_args("gpt", split, *common, "--trainer.max_epochs", "1")])
-    state = torch.load(split / "last.ckpt", weights_only=False)["PretrainDataModule"]
+    state = torch.load(split / "last.ckpt", weights_only=True)["PretrainDataModule"]
     assert state["epoch"] == 0 and state["batches"] == per_epoch
     cli = run_cli(["fit", *tiny_args("gpt", split, *common, "--trainer.max_epochs", "2"), "--ckpt_path", str(split / "last.ckpt")])
     assert cli.trainer.global_step == 2 * per_epoch
@@ -205,8 +205,13 @@ def test_checkpoint_of_a_module_built_in_python_loads_through_the_cli(tmp_path, 
     from lit_ptm.objectives import CausalLM
     from lit_ptm.objectives.base import OptimConfig
 
-    model = CausalLM(ModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=256, max_position_embeddings=128),
-                     OptimConfig(lr=2e-3, warmup_steps=2))
+    import yaml
+
+    # The architecture of the recipe the CLI reads it with (gpt.yaml + tiny.yaml): a resume or an evaluation
+    # refuses a checkpoint whose architecture contradicts the given config.
+    architecture = {**yaml.safe_load((CONFIGS / "gpt.yaml").read_text())["model"]["init_args"]["config"],
+                    **yaml.safe_load((CONFIGS / "tiny.yaml").read_text())["model"]["init_args"]["config"]}
+    model = CausalLM(ModelConfig(**architecture), OptimConfig(lr=2e-3, warmup_steps=2))
     data = PretrainDataModule(tokenizer_kind="bpe", vocab_size=2000, lowercase=False, seq_length=64, batch_size=8, num_workers=0)
     root = tmp_path / "python"
     trainer = L.Trainer(max_steps=2, default_root_dir=root, callbacks=[RunCheckpoint()], logger=False, enable_progress_bar=False,
@@ -222,7 +227,7 @@ def test_mixed_precision_accumulation_and_clipping_are_trainer_flags(tmp_path, c
     cli = run_cli(["fit", *tiny_args("gpt", root, "--trainer.precision", "bf16-mixed", "--trainer.accumulate_grad_batches", "2",
                                      "--trainer.gradient_clip_val", "1.0", "--trainer.max_steps", "6", "--trainer.val_check_interval", "12")])
     assert cli.trainer.global_step == 6
-    state = torch.load(root / "last.ckpt", weights_only=False)["PretrainDataModule"]
+    state = torch.load(root / "last.ckpt", weights_only=True)["PretrainDataModule"]
     assert state["batches"] == 12  # two batches per optimizer step, both counted for resume
     losses = scalars(root, "train/loss")
     assert all(math.isfinite(v) for v in losses.values())
@@ -277,3 +282,114 @@ def test_nsp_head_learns_next_sentence_prediction_when_documents_differ_in_topic
     accuracy = scalars(root, "train/nsp_acc")
     first, last = [accuracy[s] for s in sorted(accuracy)[:3]], [accuracy[s] for s in sorted(accuracy)[-5:]]
     assert sum(first) / 3 < 0.75 and sum(last) / 5 > 0.9, (first, last)
+
+
+# -- resuming: the config a user gives is the config that runs; "train some more" is exact -------
+@pytest.mark.parametrize("recipe", ["gpt", "bert", "roberta"])
+def test_train_some_more_continues_with_the_batches_of_an_uninterrupted_run(recipe, tmp_path, cache_dir):
+    """K steps (fit ends at max_steps, validating at its last step, as configs/tiny.yaml does), then the
+    same run resumed to 2K: the same losses as 2K straight. The schedule is constant, so its length
+    (which depends on max_steps) does not enter."""
+    common = ["--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "6", "--trainer.limit_val_batches", "2",
+              "--model.init_args.config.dropout", "0.1", "--model.init_args.optim.schedule", "constant",
+              "--data.init_args.batch_size", "4"]
+    straight, more = tmp_path / "straight", tmp_path / "more"
+    run_cli(["fit", *tiny_args(recipe, straight, *common, "--trainer.max_steps", "12")])
+    run_cli(["fit", *tiny_args(recipe, more, *common, "--trainer.max_steps", "6")])
+    run_cli(["fit", *tiny_args(recipe, more, *common, "--trainer.max_steps", "12"), "--ckpt_path", str(more / "last.ckpt")])
+    a, b = scalars(straight, "train/loss"), scalars(more, "train/loss")
+    assert sorted(a) == sorted(b) == list(range(12))
+    for step in range(6, 12):
+        assert a[step] == pytest.approx(b[step], abs=1e-6), (step, a[step], b[step])
+    va, vb = scalars(straight, "val/loss"), scalars(more, "val/loss")
+    assert va.keys() == vb.keys() == {5, 11} and all(va[s] == pytest.approx(vb[s], abs=1e-6) for s in va)
+
+
+def test_train_some_more_after_max_epochs_with_dropout(tmp_path, cache_dir):
+    """A run that ended at max_epochs, resumed with a larger max_epochs, equals the longer run straight."""
+    corpus = write_corpus(tmp_path / "small.txt", n_docs=40)
+    common = ["--data.init_args.train_files", str(corpus), "--data.init_args.vocab_size", "400", "--data.init_args.batch_size", "4",
+              "--trainer.max_steps", "-1", "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "0",
+              "--model.init_args.config.dropout", "0.1", "--model.init_args.optim.schedule", "constant"]
+    straight, more = tmp_path / "straight", tmp_path / "more"
+    run_cli(["fit", *tiny_args("bert", straight, *common, "--trainer.max_epochs", "2")])
+    run_cli(["fit", *tiny_args("bert", more, *common, "--trainer.max_epochs", "1")])
+    run_cli(["fit", *tiny_args("bert", more, *common, "--trainer.max_epochs", "2"), "--ckpt_path", str(more / "last.ckpt")])
+    a, b = scalars(straight, "train/loss"), scalars(more, "train/loss")
+    assert sorted(a) == sorted(b) and len(a) >= 6
+    for step in a:
+        assert a[step] == pytest.approx(b[step], abs=1e-6), (step, a[step], b[step])
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, cache_dir):
+    root = tmp_path_factory.mktemp("resume") / "gpt"
+    run_cli(["fit", *tiny_args("gpt", root, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0")])
+    return root
+
+
+def test_resume_refuses_architecture_flags_that_contradict_the_checkpoint(short_run, capsys):
+    for flag, value, shown in (("--model.init_args.config.hidden_size", "128", "model.config.hidden_size=128 (the checkpoint's: 64)"),
+                               ("--model.init_args.config.num_layers", "3", "model.config.num_layers=3 (the checkpoint's: 2)")):
+        err = cli_error(["fit", *tiny_args("gpt", short_run, flag, value, "--trainer.max_steps", "4"),
+                         "--ckpt_path", str(short_run / "last.ckpt")], capsys)
+        assert shown in err and "last.ckpt was built with other settings" in err, err
+
+
+def test_resume_applies_resumable_settings_and_records_them(tmp_path, short_run):
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "copy"
+    shutil.copytree(short_run, run)
+    with pytest.warns(UserWarning, match=r"changed settings.*model.optim.lr: 0.002 -> 0.5.*trainer.max_steps: 2 -> 3"):
+        cli = run_cli(["fit", *tiny_args("gpt", run, "--model.init_args.optim.lr", "0.5", "--trainer.max_steps", "3",
+                                         "--trainer.limit_val_batches", "0"), "--ckpt_path", str(run / "last.ckpt")])
+    assert cli.model.optim.lr == 0.5 and cli.trainer.global_step == 3
+    assert cli.trainer.optimizers[0].param_groups[0]["initial_lr"] == 0.5
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    assert recorded["model"]["init_args"]["optim"]["lr"] == 0.5 and recorded["trainer"]["max_steps"] == 3
+
+
+def test_config_keys_are_never_matched_by_prefix(tmp_path, capsys):
+    err = cli_error(["fit", *tiny_args("gpt", tmp_path, "--model.init_args.config.hidden", "32")], capsys)
+    assert "unknown config key --model.init_args.config.hidden (keys are never matched by prefix; did you mean " \
+           "--model.init_args.config.hidden_size?)" in err, err[-800:]
+    err = cli_error(["fit", *tiny_args("gpt", tmp_path, "--data.batch", "32")], capsys)
+    assert "Option 'batch' is not accepted" in err, err[-800:]
+    err = cli_error(["fit", *tiny_args("gpt", tmp_path, "--trainer.max_step", "32")], capsys)
+    assert "unrecognized arguments: --trainer.max_step" in err, err[-800:]
+
+
+def test_lightning_still_calls_the_checkpoint_hook(short_run, monkeypatch):
+    """lit_ptm overrides LightningCLI's private _parse_ckpt_path (its checks of --ckpt_path happen there).
+    If Lightning renames it or stops calling it, this fails loudly."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from lit_ptm.cli import LitPtmCLI
+
+    assert "_parse_ckpt_path" in vars(LightningCLI), "LightningCLI no longer has _parse_ckpt_path"
+    calls = []
+    original = LitPtmCLI._parse_ckpt_path
+    monkeypatch.setattr(LitPtmCLI, "_parse_ckpt_path", lambda self: calls.append(1) or original(self))
+    run_cli(["validate", *tiny_args("gpt", short_run, "--trainer.limit_val_batches", "1"), "--ckpt_path", str(short_run / "last.ckpt")])
+    assert calls == [1]
+
+
+def test_a_line_without_end_is_refused_fast_within_bounded_memory(tmp_path):
+    import tracemalloc
+
+    from lit_ptm.data.corpus import MAX_SENTENCE_BYTES, CorpusError, iter_documents
+
+    path = tmp_path / "one-line.txt"
+    with open(path, "wb") as f:
+        f.write(b"a sentence.\n\n")
+        for _ in range(4 * MAX_SENTENCE_BYTES // 4096):
+            f.write(b"word " * 819 + b"x")  # 4 MB, no newline
+    tracemalloc.start()
+    with pytest.raises(CorpusError, match=r"one-line.txt:3: line longer than 1,048,576 bytes"):
+        list(iter_documents(path))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 3 * MAX_SENTENCE_BYTES, peak  # the old reader held the whole 4 MB line (and more)

@@ -25,7 +25,7 @@ def loopback_env(cache_dir) -> dict:
 
 
 def check_distributed_run(root, world_size):
-    ckpt = torch.load(root / "last.ckpt", weights_only=False)
+    ckpt = torch.load(root / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 20
     state = ckpt["PretrainDataModule"]
     assert state["world_size"] == world_size and state["batches"] == 20

@@ -41,3 +41,20 @@ def test_ci_runs_the_readme_test_command():
     assert match, "README.md lost its test command block"
     command = match.group(1).strip()
     assert command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_qa_recipe_with_the_tiny_preset_builds_windows(capsys):
+    """configs/finetune/qa.yaml + configs/finetune/tiny.yaml work out of the box (qa.yaml's stride of 128
+    once met tiny's 64-token windows)."""
+    import yaml
+
+    from lit_ptm.tasks.features import qa_windows
+    from lit_ptm.tokenizer import train_tokenizer
+
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--config", str(CONFIGS / "finetune/qa.yaml"), "--config", str(CONFIGS / "finetune/tiny.yaml"), "--print_config"])
+    data = yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]
+    tokenizer = train_tokenizer([f"which module defines name {i}?" for i in range(200)], "wordpiece", 300)
+    context = " ".join(f"the module number {i} defines name {i}." for i in range(60))
+    windows = qa_windows(tokenizer, "which module defines name 7?", context, data["max_length"], data["stride"])
+    assert len(windows) > 2 and all(len(w.ids) <= data["max_length"] for w in windows)

@@ -12,10 +12,12 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from lit_ptm.errors import LitPtmError
+
 DECODE_POLICIES = ("fail", "skip")
 
 
-class CorpusError(ValueError):
+class CorpusError(LitPtmError, ValueError):
     pass
 
 
@@ -36,10 +38,24 @@ def resolve_files(patterns: str | Sequence[str], key: str = "data.train_files") 
     return files
 
 
-def _decoded_lines(path: Path, decode_errors: str) -> Iterator[tuple[int, str]]:
+# Bounds that keep reading a corpus within a bounded memory whatever its lines hold: a text line is
+# one sentence, a JSONL line one document. A longer line is refused at once with file:line (a file
+# that has no newlines at all is the usual cause), before it reaches the tokenizer.
+MAX_SENTENCE_BYTES = 1 << 20
+MAX_DOCUMENT_BYTES = 64 << 20
+
+
+def _decoded_lines(path: Path, decode_errors: str, max_bytes: int = MAX_SENTENCE_BYTES) -> Iterator[tuple[int, str]]:
     skipped, first_bad = 0, None
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+        lineno = 0
+        while raw := f.readline(max_bytes + 1):  # never more than max_bytes + 1 bytes in memory
+            lineno += 1
+            if len(raw) > max_bytes and not raw.endswith(b"\n"):
+                raise CorpusError(
+                    f"{path}:{lineno}: line longer than {max_bytes:,} bytes; a corpus line holds "
+                    f"{'one document' if max_bytes == MAX_DOCUMENT_BYTES else 'one sentence'} (is the file missing its newlines?)"
+                )
             try:
                 yield lineno, raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
@@ -73,13 +89,18 @@ def iter_documents(path: Path, decode_errors: str = "fail", text_field: str = "t
         raise CorpusError(f"corpus file {path} does not exist")
     found = False
     if path.suffix == ".jsonl":
-        for lineno, line in _decoded_lines(path, decode_errors):
+        for lineno, line in _decoded_lines(path, decode_errors, MAX_DOCUMENT_BYTES):
             if not line.strip():
                 continue
             record = json_record(path, lineno, line)
             if not isinstance(record.get(text_field), str):
                 raise CorpusError(f"{path}:{lineno}: no string field {text_field!r} (set data.text_field)")
             sentences = [s.strip() for s in record[text_field].splitlines() if s.strip()]
+            if any(len(s) > MAX_SENTENCE_BYTES for s in sentences):  # characters: at least as many bytes
+                raise CorpusError(
+                    f"{path}:{lineno}: field {text_field!r} holds a line longer than {MAX_SENTENCE_BYTES:,} characters; "
+                    "each line of a document's text is one sentence"
+                )
             if sentences:
                 found = True
                 yield sentences

@@ -6,6 +6,7 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 from lightning.pytorch.accelerators import CUDAAccelerator
@@ -18,6 +19,7 @@ from lit_ptm.data.builtin import write_builtin_corpus
 from lit_ptm.data.corpus import CorpusError, iter_documents, resolve_files
 from lit_ptm.data.sampling import PACKING_MODES, ResumableSampler, WindowDataset, build_windows
 from lit_ptm.data.store import TokenStore, file_lock, files_fingerprint, open_store
+from lit_ptm.errors import ConfigError
 from lit_ptm.tokenizer import Tokenizer, train_tokenizer
 
 
@@ -133,28 +135,32 @@ class PretrainDataModule(ResumableLoaders, L.LightningDataModule):
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
         tokenizer: str | None = None,
-        tokenizer_kind: str = "wordpiece",
+        tokenizer_kind: Literal["wordpiece", "bpe", "unigram"] = "wordpiece",
         vocab_size: int = 30522,
         lowercase: bool = True,
         seq_length: int = 128,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
-        packing: str | None = None,
+        packing: Literal["contiguous", "full_sentences", "doc_sentences", "nsp_pairs", "sop_pairs"] | None = None,
         cross_document_attention: bool = False,
         num_workers: int = 2,
-        decode_errors: str = "fail",
+        decode_errors: Literal["fail", "skip"] = "fail",
         text_field: str = "text",
         cache_dir: str | None = None,
         seed: int = 1234,
     ):
         super().__init__()
         if packing is not None and packing not in PACKING_MODES:
-            raise ValueError(f"data.packing={packing!r} is not one of {', '.join(PACKING_MODES)}")
+            raise ConfigError(f"data.packing={packing!r} is not one of {', '.join(PACKING_MODES)}")
         for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 <= value < 0.5:
-                raise ValueError(f"data.{key}={value} must be in [0, 0.5)")
+                raise ConfigError(f"data.{key}={value} must be in [0, 0.5)")
         if seq_length < 4:
-            raise ValueError(f"data.seq_length={seq_length} is too short")
+            raise ConfigError(f"data.seq_length={seq_length} is too short (at least 4)")
+        for key, value, least in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size or 1, 1),
+                                  ("num_workers", num_workers, 0), ("vocab_size", vocab_size, 1)):
+            if value < least:
+                raise ConfigError(f"data.{key}={value} must be at least {least}")
         self.train_files, self.val_files, self.test_files = train_files, val_files, test_files
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.tokenizer_path, self.tokenizer_kind, self.vocab_size, self.lowercase = tokenizer, tokenizer_kind, vocab_size, lowercase
@@ -212,7 +218,7 @@ class PretrainDataModule(ResumableLoaders, L.LightningDataModule):
         accepted = getattr(module, "packings", None)
         if accepted is not None and self.packing not in accepted:
             detail = f" with model.pair_task={module.pair_task}" if hasattr(module, "pair_task") else ""
-            raise ValueError(
+            raise ConfigError(
                 f"data.packing={self.packing} does not suit the {type(module).__name__} objective{detail}: it takes "
                 f"{' or '.join(accepted)} (leave data.packing unset for its default, {accepted[0]})"
             )

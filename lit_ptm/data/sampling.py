@@ -13,6 +13,7 @@ from torch.utils.data import Dataset, Sampler
 
 from lit_ptm.data.collate.common import sample_seed
 from lit_ptm.data.store import TokenStore
+from lit_ptm.errors import ConfigError
 from lit_ptm.tokenizer import SpecialIds
 
 PACKING_MODES = ("contiguous", "full_sentences", "doc_sentences", "nsp_pairs", "sop_pairs")
@@ -60,7 +61,7 @@ class SentenceWindows:
 
     def __init__(self, store: TokenStore, doc_ids: np.ndarray, length: int, ids: SpecialIds, cross_documents: bool):
         if length < 3:
-            raise ValueError(f"data.seq_length={length} leaves no room for text between [CLS] and [SEP]")
+            raise ConfigError(f"data.seq_length={length} leaves no room for text between [CLS] and [SEP]")
         self.store, self.ids, self.budget = store, ids, length - 2
         # Sentences of the split, in document order: global sentence index and owning document.
         first, last = store.doc_sents[doc_ids], store.doc_sents[doc_ids + 1]
@@ -123,7 +124,7 @@ def build_windows(mode: str, store: TokenStore, doc_ids: np.ndarray, seq_length:
         return ContiguousWindows(store, doc_ids, seq_length, ids)
     if mode in ("full_sentences", "doc_sentences"):
         return SentenceWindows(store, doc_ids, seq_length, ids, cross_documents=mode == "full_sentences")
-    raise ValueError(f"data.packing={mode!r} is not one of {', '.join(PACKING_MODES)}")
+    raise ConfigError(f"data.packing={mode!r} is not one of {', '.join(PACKING_MODES)}")
 
 
 class WindowDataset(Dataset):
@@ -211,9 +212,9 @@ class PairWindows:
     def __init__(self, store: TokenStore, doc_ids: np.ndarray, length: int, ids: SpecialIds, task: str,
                  seed: int, short_seq_prob: float = 0.1):
         if task not in ("nsp", "sop"):
-            raise ValueError(f"pair task {task!r} is not nsp or sop")
+            raise ConfigError(f"pair task {task!r} is not nsp or sop")
         if task == "nsp" and len(doc_ids) < 2:
-            raise ValueError("next-sentence prediction needs at least two documents in the split")
+            raise ConfigError("next-sentence prediction needs at least two documents in the split")
         self.store, self.task, self.max_tokens = store, task, length - 3
         self.doc_ids, self.seed, self.short_seq_prob = doc_ids, seed, short_seq_prob
         pairs = self._build(random_next_prob=0.5)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Literal
+
+from lit_ptm.errors import ConfigError
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 NORM_POSITIONS = ("post", "pre")
@@ -25,15 +28,15 @@ class ModelConfig:
     num_layers: int = 12
     num_heads: int = 12
     intermediate_size: int | None = None  # None: 4 * hidden_size
-    share: str = "none"  # cross-layer sharing: none | all (ALBERT) | attention | ffn
+    share: Literal["none", "all", "attention", "ffn"] = "none"  # cross-layer sharing: none | all (ALBERT) | attention | ffn
     max_position_embeddings: int = 512
     type_vocab_size: int = 0  # segment (token type) embeddings; 0: none
-    position_embedding: str = "learned"  # learned | none
-    norm_position: str = "post"  # post (BERT: norm after the residual add) | pre (GPT-2)
+    position_embedding: Literal["learned", "none"] = "learned"  # learned | none
+    norm_position: Literal["post", "pre"] = "post"  # post (BERT: norm after the residual add) | pre (GPT-2)
     norm_eps: float = 1e-12
     embedding_norm: bool = True  # LayerNorm on the summed embeddings (BERT)
     final_norm: bool = False  # LayerNorm after the last block (pre-LN stacks)
-    activation: str = "gelu"  # gelu | gelu_tanh | relu | silu
+    activation: Literal["gelu", "gelu_tanh", "relu", "silu"] = "gelu"  # gelu | gelu_tanh | relu | silu
     bias: bool = True  # biases in attention and feed-forward projections
     dropout: float = 0.1
     attention_dropout: float = 0.1
@@ -46,7 +49,7 @@ class ModelConfig:
 
     def __post_init__(self):
         def bad(key, why):
-            raise ValueError(f"model.config.{key}={getattr(self, key)!r}: {why}")
+            raise ConfigError(f"model.config.{key}={getattr(self, key)!r}: {why}")
 
         for key in ("hidden_size", "num_layers", "num_heads", "max_position_embeddings"):
             if getattr(self, key) < 1:

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from lit_ptm.errors import ConfigError
 from lit_ptm.nn.attention import attention_mask as build_attention_mask
 from lit_ptm.nn.config import ModelConfig
 from lit_ptm.nn.layers import Block
@@ -27,7 +28,7 @@ class Embeddings(nn.Module):
     def forward(self, input_ids, position_ids=None, token_type_ids=None) -> torch.Tensor:
         T = input_ids.size(1)
         if T > self.max_positions:
-            raise ValueError(
+            raise ConfigError(
                 f"sequence length {T} exceeds model.config.max_position_embeddings={self.max_positions}; "
                 "lower data.seq_length or raise max_position_embeddings"
             )
@@ -48,7 +49,7 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         if config.vocab_size is None:
-            raise ValueError("model.config.vocab_size is not set (it is taken from the tokenizer when training)")
+            raise ConfigError("model.config.vocab_size is not set (it is taken from the tokenizer when training)")
         self.config = config
         self.embeddings = Embeddings(config)
         self.blocks = nn.ModuleList(self._shared_blocks(config))

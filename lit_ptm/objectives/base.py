@@ -7,6 +7,7 @@ import inspect
 import math
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import lightning as L
 import torch
@@ -14,6 +15,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from torchmetrics import MeanMetric
 
 from lit_ptm.callbacks import CheckpointMismatchError
+from lit_ptm.errors import ConfigError
 from lit_ptm.nn import ModelConfig, Transformer
 from lit_ptm.tokenizer import SpecialIds
 
@@ -30,14 +32,14 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     warmup_steps: int = 10_000
-    schedule: str = "linear"  # linear | cosine | constant
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
     min_lr_ratio: float = 0.0
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"model.optim.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+            raise ConfigError(f"model.optim.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         if self.lr <= 0:
-            raise ValueError(f"model.optim.lr={self.lr} must be positive")
+            raise ConfigError(f"model.optim.lr={self.lr} must be positive")
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -83,7 +85,28 @@ def adamw_with_schedule(module: L.LightningModule, o: OptimConfig, lr_scale=None
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, o.warmup_steps, total, o.schedule, o.min_lr_ratio)
     )
+    # What this run asked for, per group: a resumed run re-applies it over the checkpoint's (see below).
+    module._configured_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def apply_configured_optim(module: L.LightningModule) -> None:
+    """On a resume, Lightning loads the optimizer and scheduler states after configure_optimizers, and with
+    them the old run's learning rate, betas, eps and weight decay. The settings this run gives (a new
+    ``model.optim.lr``, say) must be the ones that train: put them back, keeping the moments and the step
+    count. Without a change this sets the very values that were there, so an exact resume stays exact."""
+    groups = getattr(module, "_configured_groups", None)
+    if not groups or not module.trainer.optimizers:
+        return
+    optimizer = module.trainer.optimizers[0]
+    scheduler = module.trainer.lr_scheduler_configs[0].scheduler if module.trainer.lr_scheduler_configs else None
+    for group, configured in zip(optimizer.param_groups, groups):
+        group.update({k: configured[k] for k in ("initial_lr", "weight_decay", "betas", "eps") if k in configured})
+    if scheduler is not None:
+        scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+        lrs = [base * factor(scheduler.last_epoch) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr
 
 
 class PretrainObjective(L.LightningModule):
@@ -129,7 +152,7 @@ class PretrainObjective(L.LightningModule):
                 "a checkpoint needs the tokenizer.json of its run (data.tokenizer)"
             )
         if dm is not None and getattr(dm, "seq_length", None) and dm.seq_length > self.config.max_position_embeddings:
-            raise ValueError(
+            raise ConfigError(
                 f"data.seq_length={dm.seq_length} exceeds model.config.max_position_embeddings="
                 f"{self.config.max_position_embeddings}"
             )
@@ -243,6 +266,9 @@ class PretrainObjective(L.LightningModule):
     # -- optimization ---------------------------------------------------------------------------
     def configure_optimizers(self):
         return adamw_with_schedule(self, self.optim)
+
+    def on_train_start(self) -> None:
+        apply_configured_optim(self)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

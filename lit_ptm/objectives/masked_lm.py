@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_ptm.data.collate import MLMCollator, PairMLMCollator
+from lit_ptm.errors import ConfigError
 from lit_ptm.nn import LMHead, ModelConfig, PairHead
 from lit_ptm.objectives.base import OptimConfig, PretrainObjective
 
@@ -20,18 +23,18 @@ class MaskedLM(PretrainObjective):
 
     def __init__(
         self, config: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig(),
-        mlm_probability: float = 0.15, whole_word_mask: bool = False, max_ngram: int = 1, pair_task: str = "none",
+        mlm_probability: float = 0.15, whole_word_mask: bool = False, max_ngram: int = 1, pair_task: Literal["none", "nsp", "sop"] = "none",
         pretrained: str | None = None,
     ):
         if not 0.0 < mlm_probability < 1.0:
-            raise ValueError(f"model.mlm_probability={mlm_probability} must be in (0, 1)")
+            raise ConfigError(f"model.mlm_probability={mlm_probability} must be in (0, 1)")
         if pair_task not in ("none", "nsp", "sop"):
-            raise ValueError(f"model.pair_task={pair_task!r} is not one of none, nsp, sop")
+            raise ConfigError(f"model.pair_task={pair_task!r} is not one of none, nsp, sop")
         if max_ngram < 1:
-            raise ValueError(f"model.max_ngram={max_ngram} must be at least 1")
+            raise ConfigError(f"model.max_ngram={max_ngram} must be at least 1")
         self.mlm_probability, self.whole_word_mask, self.pair_task = mlm_probability, whole_word_mask, pair_task
         if pair_task != "none" and config.type_vocab_size < 2:
-            raise ValueError(
+            raise ConfigError(
                 f"model.pair_task={pair_task} lays out [CLS] A [SEP] B [SEP] with segment ids 0 and 1: it needs "
                 f"model.config.type_vocab_size >= 2 (got {config.type_vocab_size})"
             )

@@ -12,9 +12,13 @@ import lightning as L
 import torch
 
 from lit_ptm.callbacks import CheckpointMismatchError
+from lit_ptm.errors import ConfigError
 from lit_ptm.nn import ModelConfig, Transformer
-from lit_ptm.objectives.base import CHECKPOINT_FORMAT, OptimConfig, adamw_with_schedule, save_plain_hyperparameters
+from lit_ptm.objectives.base import (
+    CHECKPOINT_FORMAT, OptimConfig, adamw_with_schedule, apply_configured_optim, save_plain_hyperparameters,
+)
 from lit_ptm.pretrained import check_tokenizer, load_pretrained
+from lit_ptm.rundir import atomic_write
 
 FINETUNE_OPTIM = OptimConfig(lr=5e-5, weight_decay=0.01, warmup_steps=100)
 
@@ -42,7 +46,7 @@ class FinetuneTask(L.LightningModule):
     ):
         super().__init__()
         if not 0.0 < layer_decay <= 1.0:
-            raise ValueError(f"model.layer_decay={layer_decay} must be in (0, 1]")
+            raise ConfigError(f"model.layer_decay={layer_decay} must be in (0, 1]")
         save_plain_hyperparameters(self)
         self.pretrained, self.optim, self.layer_decay = pretrained, optim, layer_decay
         self.freeze_embeddings, self.predictions_file, self.from_scratch = freeze_embeddings, predictions_file, from_scratch
@@ -98,7 +102,7 @@ class FinetuneTask(L.LightningModule):
             else:
                 if self.config.vocab_size is None:
                     if tokenizer is None:
-                        raise ValueError("model.config.vocab_size is unknown: give model.pretrained or data.tokenizer")
+                        raise ConfigError("model.config.vocab_size is unknown: give model.pretrained or data.tokenizer")
                     self.config = dataclasses.replace(self.config, vocab_size=tokenizer.vocab_size)
                     self.hparams["config"] = self.config.to_dict()
                 self.transformer = Transformer(self.config)
@@ -112,12 +116,16 @@ class FinetuneTask(L.LightningModule):
             )
         max_length = getattr(dm, "max_length", None)
         if max_length and max_length > self.config.max_position_embeddings:
-            raise ValueError(
+            raise ConfigError(
                 f"data.max_length={max_length} exceeds the model's max_position_embeddings={self.config.max_position_embeddings}"
             )
 
     def build_head(self, pretrained_state: dict[str, torch.Tensor]) -> None:
         raise NotImplementedError
+
+    def text_fields(self, data) -> tuple[str, ...]:
+        """The record fields that hold the input text (an empty one is reported, see data.empty_texts)."""
+        return ()
 
     def build_features(self, records: list[dict], split: str, data) -> list[dict]:
         raise NotImplementedError
@@ -192,6 +200,9 @@ class FinetuneTask(L.LightningModule):
     def configure_optimizers(self):
         return adamw_with_schedule(self, self.optim, self.lr_scale)
 
+    def on_train_start(self) -> None:
+        apply_configured_optim(self)
+
     # -- checkpoints and predictions ------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         tokenizer = getattr(self._datamodule(), "tokenizer", None)
@@ -221,15 +232,14 @@ class FinetuneTask(L.LightningModule):
         path = Path(self.predictions_file or Path(self.trainer.default_root_dir) / "predictions.jsonl")
         if self.trainer.world_size > 1:
             path = path.with_name(f"{path.stem}.rank{self.trainer.global_rank}{path.suffix}")
-        path.parent.mkdir(parents=True, exist_ok=True)
         rows = sorted(self._predictions, key=lambda r: r["index"])
-        path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "index"}) + "\n" for r in rows), encoding="utf-8")
+        with atomic_write(path) as tmp:
+            tmp.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "index"}) + "\n" for r in rows), encoding="utf-8")
         print(f"{len(rows)} predictions written to {path}")
 
     def on_test_end(self) -> None:
         """The test metrics also go to <run dir>/test_metrics.json, for scripts and reports."""
         if self.trainer.is_global_zero and self.trainer.default_root_dir:
             metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
-            path = Path(self.trainer.default_root_dir) / "test_metrics.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+            with atomic_write(Path(self.trainer.default_root_dir) / "test_metrics.json") as tmp:
+                tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")

@@ -10,11 +10,12 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, M
 
 from lit_ptm.data.collate.common import pad_windows
 from lit_ptm.data.corpus import CorpusError
+from lit_ptm.errors import ConfigError
 from lit_ptm.nn import ModelConfig
 from lit_ptm.objectives.base import OptimConfig
 from lit_ptm.tasks.base import FINETUNE_OPTIM, FinetuneTask
 from lit_ptm.tasks.features import encode_texts
-from lit_ptm.tasks.records import field
+from lit_ptm.tasks.records import field, label_order, label_text, number
 
 
 class PooledHead(nn.Module):
@@ -37,7 +38,8 @@ class SequenceClassification(FinetuneTask):
     """One label (or one number, with ``regression``) per text or text pair.
 
     Pooling: [CLS] for encoders, the last token for causal models. The label set is read from the
-    training file (sorted) and kept in the checkpoint, so ``test`` and ``predict`` map back to names.
+    training file and kept in the checkpoint, so ``test`` and ``predict`` map back to names. Labels are
+    strings or integers, kept as strings (``1`` and ``"1"`` are one class; integers sort numerically).
     Metrics: accuracy, macro F1 and Matthews correlation; for regression Pearson, Spearman and MSE.
     The head starts fresh, as RoBERTa's and ELECTRA's do; ``pooler_from_pretrained: true`` takes
     the dense layer from a BERT pooler pretrained with NSP/SOP instead (as HF's
@@ -58,7 +60,7 @@ class SequenceClassification(FinetuneTask):
         self.labels, self.regression, self.classifier_dropout = labels, regression, classifier_dropout
         self.pooler_from_pretrained = pooler_from_pretrained
         if pooling not in ("auto", "mean"):
-            raise ValueError(f"model.pooling={pooling!r} is not one of auto, mean")
+            raise ConfigError(f"model.pooling={pooling!r} is not one of auto, mean")
         self.pooling = pooling
         self._build_if_restorable()
 
@@ -83,33 +85,33 @@ class SequenceClassification(FinetuneTask):
         self.metrics = nn.ModuleDict({split: make() for split in ("val_", "test_")})  # training logs its loss only
 
     # -- data -----------------------------------------------------------------------------------
+    def text_fields(self, data) -> tuple[str, ...]:
+        return (data.text_field, data.text_pair_field) if data.text_pair_field else (data.text_field,)
+
     def build_features(self, records, split, data):
         path = data.file(split)
+        label = lambda r: label_text(field(r, data.label_field, path), path, r["_line"], data.label_field)  # noqa: E731
         if split == "train" and not self.labels_known:
             # From the whole training file, also when data.train_examples fine-tunes on a subset of it.
-            self.labels = sorted({str(field(r, data.label_field, path)) for r in data.records[split]})
+            self.labels = sorted({label(r) for r in data.records[split]}, key=label_order)
             if len(self.labels) < 2:
                 raise CorpusError(f"{path}: field {data.label_field!r} has {len(self.labels)} distinct value(s); a classifier needs two")
             self.hparams["labels"] = self.labels
         texts = [field(r, data.text_field, path, str) for r in records]
         pairs = [field(r, data.text_pair_field, path, str) for r in records] if data.text_pair_field else None
         features = encode_texts(data.tokenizer, texts, pairs, data.max_length, self.architecture().causal)
-        index = {label: i for i, label in enumerate(self.labels or [])}
+        index = {name: i for i, name in enumerate(self.labels or [])}
         for f, r in zip(features, records):
             f["ids"], f["token_type"] = torch.tensor(f["ids"]), torch.tensor(f["token_type"])
             f["id"] = r.get(data.id_field, r["_line"])
             if split == "predict" and r.get(data.label_field) is None:
                 continue
-            value = field(r, data.label_field, path)
             if self.regression:
-                try:
-                    f["label"] = float(value)
-                except (TypeError, ValueError):
-                    raise CorpusError(f"{path}:{r['_line']}: {data.label_field}={value!r} is not a number (regression)") from None
-            elif str(value) not in index:
-                raise CorpusError(f"{path}:{r['_line']}: label {value!r} is not among the training labels {self.labels}")
+                f["label"] = number(field(r, data.label_field, path), path, r["_line"], data.label_field)
+            elif (name := label(r)) in index:
+                f["label"] = index[name]
             else:
-                f["label"] = index[str(value)]
+                raise CorpusError(f"{path}:{r['_line']}: label {name!r} is not among the training labels {self.labels}")
         return features
 
     def collate(self, samples):

@@ -11,8 +11,9 @@ from torch.utils.data import DataLoader
 from lit_ptm.data.corpus import CorpusError
 from lit_ptm.data.datamodule import ResumableLoaders, default_cache_dir
 from lit_ptm.data.sampling import WindowDataset
+from lit_ptm.errors import ConfigError
 from lit_ptm.tasks.demo import write_demo_task
-from lit_ptm.tasks.records import read_records
+from lit_ptm.tasks.records import EmptyTexts, Format, TsvQuoting, check_choice, drop_empty_texts, read_records
 from lit_ptm.tokenizer import Tokenizer
 
 SPLITS = ("train", "val", "test", "predict")
@@ -24,7 +25,15 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
     Args:
         train_file, val_file, test_file, predict_file: JSONL, CSV or TSV files (``format``: auto
             from the suffix). With no train_file: the built-in demo task (standard-library package
-            of a docstring), whose val and test files stand in for unset ones.
+            of a docstring), whose val and test files stand in for unset ones. CSV is RFC 4180 (quoted
+            fields may hold commas and line breaks); every CSV/TSV row must have the header's number
+            of fields. Class labels and tags are strings or integers (``1`` and ``"1"`` are one class).
+        tsv_quoting: ``none`` (GLUE's TSV files): a ``"`` is an ordinary character and a field ends at
+            the next tab or line break; ``csv``: TSV with CSV's quoting (a field that starts with ``"``
+            runs to its closing quote, line breaks and tabs included).
+        empty_texts: a record whose input text is empty or blank (classification text or pair, an
+            empty word list, a QA question or context): ``fail`` names how many and where; ``skip``
+            leaves them out (they get no prediction either) with a warning that counts them.
         tokenizer: the pretrained run's tokenizer.json (set from ``model.pretrained`` when unset).
         max_length: model input length, special tokens included; longer inputs are truncated
             (QA contexts are cut into overlapping windows instead).
@@ -46,7 +55,9 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
         val_file: str | None = None,
         test_file: str | None = None,
         predict_file: str | None = None,
-        format: str = "auto",
+        format: Format = "auto",
+        tsv_quoting: TsvQuoting = "none",
+        empty_texts: EmptyTexts = "fail",
         tokenizer: str | None = None,
         max_length: int = 128,
         batch_size: int = 32,
@@ -68,11 +79,19 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
     ):
         super().__init__()
         if max_length < 4:
-            raise ValueError(f"data.max_length={max_length} is too short")
+            raise ConfigError(f"data.max_length={max_length} is too short")
+        for key, value, least in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
+                                  ("stride", stride, 0), ("num_workers", num_workers, 0)):
+            if value is not None and value < least:
+                raise ConfigError(f"data.{key}={value} must be at least {least}")
+        for key, value, choices in (("format", format, Format), ("tsv_quoting", tsv_quoting, TsvQuoting),
+                                    ("empty_texts", empty_texts, EmptyTexts)):
+            check_choice(key, value, choices)
         if train_examples is not None and train_examples < 1:
-            raise ValueError(f"data.train_examples={train_examples} must be at least 1 (or null for all)")
+            raise ConfigError(f"data.train_examples={train_examples} must be at least 1 (or null for all)")
         self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
-        self.format, self.tokenizer_path, self.max_length = format, tokenizer, max_length
+        self.format, self.tsv_quoting, self.empty_texts = format, tsv_quoting, empty_texts
+        self.tokenizer_path, self.max_length = tokenizer, max_length
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.text_field, self.text_pair_field, self.label_field = text_field, text_pair_field, label_field
         self.tokens_field, self.tags_field = tokens_field, tags_field
@@ -88,7 +107,7 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer_path is None:
-            raise ValueError(
+            raise ConfigError(
                 "data.tokenizer is not set: fine-tuning needs the tokenizer the model was pretrained with "
                 "(model.pretrained sets it to the run's tokenizer.json) or a tokenizer.json"
             )
@@ -103,8 +122,13 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
                 continue
             if split == "train" and split not in wanted and getattr(module, "labels_known", True):
                 continue
-            self.records[split] = read_records(self.files[split], self.format)  # all: the label set comes from these
-            records = self._subset(self.records[split]) if split == "train" and self.train_examples is not None else self.records[split]
+            records = read_records(self.files[split], self.format, self.tsv_quoting)
+            if module is not None:
+                fields = module.text_fields(self)
+                records = drop_empty_texts(records, self.files[split], fields, self.empty_texts)
+            self.records[split] = records  # all: the label set comes from these
+            if split == "train" and self.train_examples is not None:
+                records = self._subset(records)
             if module is not None:
                 self.datasets[split] = WindowDataset(module.build_features(records, split, self))
         for split in wanted:

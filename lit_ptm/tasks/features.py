@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lit_ptm.errors import ConfigError
 from lit_ptm.tokenizer import Tokenizer
 
 IGNORE = -100
@@ -104,9 +105,9 @@ def qa_windows(
     c_ids, c_offsets = encoding.ids, encoding.offsets
     room = max_length - len(q_ids) - 3
     if room <= 0:
-        raise ValueError(f"data.max_length={max_length} leaves no room for the context after a {len(q_ids)}-token question")
+        raise ConfigError(f"data.max_length={max_length} leaves no room for the context after a {len(q_ids)}-token question")
     if stride >= room:
-        raise ValueError(f"data.stride={stride} must be smaller than the context room of a window ({room} tokens)")
+        raise ConfigError(f"data.stride={stride} must be smaller than the context room of a window ({room} tokens)")
     windows, begin = [], 0
     while True:
         piece = range(begin, min(begin + room, len(c_ids)))

@@ -43,6 +43,9 @@ class ExtractiveQA(FinetuneTask):
         nn.init.zeros_(self.head.bias)
         self.squad = nn.ModuleDict({"val_": SQuAD(), "test_": SQuAD()})
 
+    def text_fields(self, data) -> tuple[str, ...]:
+        return (data.question_field, data.context_field)
+
     def build_features(self, records, split, data):
         path = data.file(split)
         features = []

@@ -13,7 +13,7 @@ from lit_ptm.nn import ModelConfig
 from lit_ptm.objectives.base import OptimConfig
 from lit_ptm.tasks.base import FINETUNE_OPTIM, FinetuneTask
 from lit_ptm.tasks.features import IGNORE, align_word_labels, encode_words, word_predictions
-from lit_ptm.tasks.records import field
+from lit_ptm.tasks.records import field, label_order, label_text
 
 
 def bio_entities(tags: list[str]) -> set[tuple[str, int, int]]:
@@ -59,7 +59,8 @@ class TokenClassification(FinetuneTask):
 
     Each word's tag is predicted at its first sub-word token (the others are ignored in the loss);
     words cut off by ``data.max_length`` are predicted "O" and count as misses. The tag set is read
-    from the training file and kept in the checkpoint.
+    from the training file and kept in the checkpoint. Tags are strings or integers, kept as strings
+    (the entity metrics read BIO names such as "B-PER"; integer tag ids hold no entity types).
     """
 
     def __init__(
@@ -83,13 +84,19 @@ class TokenClassification(FinetuneTask):
         nn.init.zeros_(self.head.bias)
         self.entity_f1 = nn.ModuleDict({"val_": EntityF1(), "test_": EntityF1()})
 
+    def text_fields(self, data) -> tuple[str, ...]:
+        return (data.tokens_field,)
+
     def build_features(self, records, split, data):
         path = data.file(split)
+        tags_of = lambda r: [  # noqa: E731
+            label_text(t, path, r["_line"], f"{data.tags_field}[{i}]") for i, t in enumerate(field(r, data.tags_field, path, list))
+        ]
         words = [field(r, data.tokens_field, path, list) for r in records]
-        tags = [field(r, data.tags_field, path, list) for r in records] if split != "predict" else [None] * len(records)
+        tags = [tags_of(r) for r in records] if split != "predict" else [None] * len(records)
         if split == "train" and not self.labels_known:
-            every = {t for r in data.records[split] for t in field(r, data.tags_field, path, list)}  # the whole file's tags
-            self.labels = sorted(every, key=lambda t: (t != "O", t.partition("-")[2], t))
+            every = {t for r in data.records[split] for t in tags_of(r)}  # the whole file's tags
+            self.labels = sorted(every, key=lambda t: (t != "O", t.partition("-")[2], label_order(t)))
             self.hparams["labels"] = self.labels
         index = {t: i for i, t in enumerate(self.labels)}
         features = []
