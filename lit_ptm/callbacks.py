@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,8 @@ def read_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict[str, A
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, mmap=mmap, weights_only=True)
+        # mmap needs torch's zip format; a legacy file is read whole, by the same safe loader.
+        return torch.load(path, map_location=map_location, mmap=mmap and zipfile.is_zipfile(path), weights_only=True)
     except pickle.UnpicklingError as e:
         # The safe unpickler names the global or function it refused; anything else it trips on is damage.
         match = re.search(r"(?:unsupported (?:global: )?GLOBAL|unrecognized function)\s*([^\s]+)", str(e), re.IGNORECASE)
@@ -61,7 +63,12 @@ def read_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict[str, A
                 "checkpoints with torch.load(weights_only=True) only (tensors and plain data), since full unpickling "
                 "would run code from the file. Do not load it unless you know who made it and what it holds"
             ) from None
-        raise CheckpointError(f"checkpoint {path} cannot be read: it is corrupt or truncated ({type(e).__name__}: {e})") from e
+        # torch's message goes on to advise weights_only=False: keep only what the unpickler tripped on.
+        reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read: it is corrupt, truncated or not a plain-data checkpoint "
+            f"({reason.group(1).strip() if reason else type(e).__name__})"
+        ) from None
     except Exception as e:  # zip errors, EOF, bad headers: a damaged file
         raise CheckpointError(f"checkpoint {path} cannot be read: it is corrupt or truncated ({type(e).__name__}: {e})") from e
 

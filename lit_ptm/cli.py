@@ -15,10 +15,11 @@ import lightning as L
 import torch
 import yaml
 from jsonargparse import Namespace
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from lit_ptm.callbacks import CheckpointMismatchError, RunCheckpoint, read_checkpoint
+from lit_ptm.callbacks import CheckpointError, CheckpointMismatchError, RunCheckpoint, read_checkpoint
 from lit_ptm.errors import ConfigError, LitPtmError
+from lit_ptm.hf import is_hf_dir, read_hf_dir
 from lit_ptm.pretrained import checkpoint_of, tokenizer_of
 from lit_ptm.rundir import RunLock, is_global_rank_zero, take_run_directory
 
@@ -30,6 +31,8 @@ IGNORED_ON_RESUME = ("pretrained", "from_scratch", "config.causal")
 # Run-level settings not worth a warning when they change between a run and its resume.
 UNREPORTED = ("ckpt_path", "config", "overwrite", "trainer.logger", "trainer.callbacks", "trainer.enable_progress_bar",
               "trainer.enable_model_summary", "trainer.default_root_dir", "data.init_args.tokenizer")
+# Data settings a resume cannot change: the run's tokenizer.json is used, whatever they say.
+TOKENIZER_SETTINGS = ("data.init_args.tokenizer_kind", "data.init_args.vocab_size", "data.init_args.lowercase")
 
 
 def flatten(value, prefix: str = "") -> dict:
@@ -57,17 +60,20 @@ def signature_defaults(class_path: str) -> dict:
     return defaults
 
 
-def resume_settings(path, configured: dict, saved: dict, defaults: dict) -> tuple[dict, list[str]]:
+def resume_settings(path, configured: dict, saved: dict, defaults: dict, explicit: set[str] = frozenset()) -> tuple[dict, list[str]]:
     """The model settings a resume runs with: the checkpoint's, except the resumable ones the user changed.
 
-    A setting counts as given by the user when it differs from its signature default (a recipe that
-    does not mention a setting does not contradict the checkpoint). A given setting that the model was
-    built differently with stops the run, naming each key and both values.
+    A setting counts as given by the user when it is named on the command line (``explicit``) or differs
+    from its signature default (a recipe that does not mention a setting does not contradict the
+    checkpoint). A given setting that the model was built differently with stops the run, naming each
+    key and both values.
     """
     saved_flat, conflicts, changed = flatten(saved), [], []
     pretrained_given = configured.get("pretrained") is not None
     for key, ours in configured.items():
-        if key not in saved_flat or key.startswith("_") or ours is None or ours == defaults.get(key, object()):
+        if key not in saved_flat or key.startswith("_") or ours is None:
+            continue
+        if ours == defaults.get(key, object()) and key not in explicit:
             continue
         theirs = saved_flat[key]
         if ours == theirs or key.startswith(IGNORED_ON_RESUME) or (pretrained_given and key.startswith("config.")):
@@ -101,10 +107,19 @@ def changed_run_settings(old_config: Path, new: dict) -> list[str]:
         return []
     changes = []
     for key, value in flatten(new).items():
-        if key.startswith(("trainer.", "data.", "seed_everything")) and not key.startswith(UNREPORTED) and key in old:
+        if key.startswith(("trainer.", "data.", "seed_everything")) and key not in UNREPORTED and key in old:
             if str(old[key]) != str(value):
-                changes.append(f"{key}: {old[key]!r} -> {value!r}")
+                ignored = " (ignored: the run's tokenizer.json is used)" if key in TOKENIZER_SETTINGS else ""
+                changes.append(f"{key}: {old[key]!r} -> {value!r}{ignored}")
     return changes
+
+
+class FitConfigCallback(SaveConfigCallback):
+    """The run's config.yaml is the config it was trained with: `test`, `validate` and `predict` leave it alone."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
 
 
 class LitPtmParser(LightningArgumentParser):
@@ -137,6 +152,7 @@ class LitPtmCLI(LightningCLI):
         if isinstance(argv, (dict, Namespace)) or not subcommand:
             return
         keys = set(flatten(self.config[subcommand]))
+        self._explicit_model_keys = set()  # init_args keys named on the command line (see resume_settings)
         for item in argv:
             if not isinstance(item, str) or not item.startswith(("--model.", "--data.")):
                 continue
@@ -144,6 +160,8 @@ class LitPtmCLI(LightningCLI):
             group, _, rest = key.partition(".")
             if rest.split(".")[0] not in ("init_args", "class_path", "dict_kwargs"):
                 key = f"{group}.init_args.{rest}"  # --data.batch_size is short for --data.init_args.batch_size
+            if group == "model" and key.startswith("model.init_args."):
+                self._explicit_model_keys.add(key[len("model.init_args."):])
             if key not in keys and not any(k.startswith(key + ".") for k in keys):
                 close = sorted(k for k in keys if k.startswith(key))[:3]
                 raise ConfigError(
@@ -162,13 +180,21 @@ class LitPtmCLI(LightningCLI):
         """
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not path or path in ("last", "best", "hpc") or str(path).startswith("registry"):
-            return  # no checkpoint, or one Lightning resolves itself
+        if not path:
+            return
+        if path in ("last", "best", "hpc") or str(path) == "registry" or str(path).startswith("registry:"):
+            # Lightning would resolve these itself, past lit_ptm's safe read of the file: name the file instead.
+            raise CheckpointError(f"--ckpt_path {path}: give the checkpoint file or run directory (e.g. checkpoints/bert/last.ckpt)")
         if Path(path).is_dir():  # a run directory: its last.ckpt
             path = str(checkpoint_of(path, key="ckpt_path"))
             self.config[subcommand].ckpt_path = path
         checkpoint = read_checkpoint(path, mmap=True)
         meta = checkpoint.get("lit_ptm", {})
+        if subcommand == "fit" and "optimizer_states" not in checkpoint:
+            raise CheckpointError(
+                f"checkpoint {path} holds weights only (imported, or saved without its training state): nothing to resume; "
+                f"start a run from its weights with --model.pretrained {Path(path).parent if meta.get('weights_only') else path}"
+            )
         configured = self.config[subcommand].model.class_path
         if meta.get("objective") not in (None, configured.rsplit(".", 1)[-1]):
             raise CheckpointMismatchError(
@@ -181,8 +207,13 @@ class LitPtmCLI(LightningCLI):
         if not hparams:
             return
         class_path = hparams.pop("_class_path", configured)
+        if class_path != configured and not class_path.startswith(("lit_ptm.objectives.", "lit_ptm.tasks.")):
+            # Plain data, but importing a module by name runs its code: only lit_ptm's own classes.
+            raise CheckpointError(f"checkpoint {path} names the class {class_path!r}, which is not a lit_ptm objective or task")
         given = flatten(self.config[subcommand].model.get("init_args") or {})
-        init_args, self._resume_changes = resume_settings(path, given, hparams, signature_defaults(class_path))
+        init_args, self._resume_changes = resume_settings(
+            path, given, hparams, signature_defaults(class_path), getattr(self, "_explicit_model_keys", set())
+        )
         try:
             self.config = self.parser.parse_object(
                 {subcommand: {"model": {"class_path": class_path, "init_args": init_args}}}, self.config
@@ -205,7 +236,10 @@ class LitPtmCLI(LightningCLI):
         init_args = config.model.get("init_args")
         pretrained = init_args.get("pretrained") if init_args is not None else None
         if pretrained is not None:  # a missing, damaged or unsafe run is named before anything is built
-            read_checkpoint(checkpoint_of(pretrained), mmap=True)
+            if is_hf_dir(pretrained):
+                read_hf_dir(pretrained)
+            else:
+                read_checkpoint(checkpoint_of(pretrained), mmap=True)
         # Resuming, testing or predicting from a checkpoint, or starting from a pretrained run: the
         # tokenizer.json of that run (the checkpoint's directory), unless the user names one.
         data_args = config.data.get("init_args") if config.get("data") else None
@@ -214,8 +248,12 @@ class LitPtmCLI(LightningCLI):
                 if source and Path(source).exists() and (tokenizer := tokenizer_of(source)) is not None:
                     data_args.tokenizer = str(tokenizer)
                     break
-        if trainer.logger is None or trainer.logger is True:
-            # Events, the resolved config.yaml and the checkpoints all live in the run directory itself.
+        logger = trainer.logger
+        ours = not isinstance(logger, (bool, type(None))) and str(logger.get("class_path", "")).endswith("TensorBoardLogger") \
+            and logger.get("init_args", {}).get("name") == "" and logger.get("init_args", {}).get("version") == ""
+        if logger is None or logger is True or ours:
+            # Events, the resolved config.yaml and the checkpoints all live in the run directory itself (also when
+            # a saved config.yaml, which records the logger, is reused with another run directory).
             trainer.logger = {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": str(root), "name": "", "version": "", "default_hp_metric": False},
@@ -224,12 +262,12 @@ class LitPtmCLI(LightningCLI):
             trainer.callbacks = [{"class_path": "lit_ptm.callbacks.RunProgressBar"}]
         elif trainer.enable_progress_bar is not False and not any("ProgressBar" in str(c) for c in trainer.callbacks):
             trainer.callbacks = [*trainer.callbacks, {"class_path": "lit_ptm.callbacks.RunProgressBar"}]
-        if is_global_rank_zero():  # DDP ranks, nodes and workers of this run share its lock
-            outputs = ()
-            if self.subcommand == "predict" and init_args is not None and "predictions_file" in init_args:
-                outputs = (Path(init_args.predictions_file or root / "predictions.jsonl"),)
-            LitPtmCLI.held_lock = take_run_directory(self.subcommand, root, config.get("ckpt_path"), config.overwrite, outputs)
-            config.overwrite = False  # the recorded config.yaml must not start over when it is reused
+        architecture = init_args.get("config") if init_args is not None and pretrained is None else None
+        length = data_args.get("seq_length") if data_args is not None else None
+        if architecture is not None and length is not None and not config.get("ckpt_path"):
+            positions = architecture.max_position_embeddings - (architecture.get("position_offset") or 0)
+            if length > positions:  # checked again once the model is built (a checkpoint's sizes, a pretrained run's)
+                raise ConfigError(f"data.seq_length={length} exceeds model.config.max_position_embeddings={positions}")
         if config.get("ckpt_path") and self.subcommand == "fit":
             changes = getattr(self, "_resume_changes", []) + changed_run_settings(
                 Path(config.ckpt_path).parent / "config.yaml", {k: config[k] for k in ("trainer", "data", "seed_everything")}
@@ -239,6 +277,23 @@ class LitPtmCLI(LightningCLI):
                     f"resuming {config.ckpt_path} with changed settings (applied, and recorded in {root / 'config.yaml'}): "
                     + "; ".join(changes)
                 )
+
+    def after_instantiate_classes(self) -> None:
+        """Take the run directory once every class is built, so that a config error leaves no trace in it."""
+        super().after_instantiate_classes()
+        if not self.subcommand or not is_global_rank_zero():  # DDP ranks, nodes and workers of this run share its lock
+            return
+        config = self.config[self.subcommand]
+        root = Path(config.trainer.default_root_dir)
+        init_args = config.model.get("init_args")
+        pretrained = init_args.get("pretrained") if init_args is not None else None
+        outputs = ()
+        if self.subcommand == "predict" and init_args is not None and "predictions_file" in init_args:
+            outputs = (Path(init_args.predictions_file or root / "predictions.jsonl"),)
+        LitPtmCLI.held_lock = take_run_directory(
+            self.subcommand, root, config.get("ckpt_path"), config.overwrite, outputs, reads=(pretrained,) if pretrained else ()
+        )
+        config.overwrite = False  # the recorded config.yaml must not start over when it is reused
 
 
 def quiet_third_party_noise() -> None:
@@ -273,6 +328,7 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> LitPtmCLI:
             subclass_mode_model=True,
             subclass_mode_data=True,
             parser_class=LitPtmParser,
+            save_config_callback=FitConfigCallback,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"use_distributed_sampler": False},
             # No prefix matching: `--model.init_args.config.hidden 32` is an unknown key, not hidden_size.
@@ -292,12 +348,31 @@ def main() -> None:
     """Console entry point (`lit-ptm`, `python -m lit_ptm`). Bad input (a LitPtmError) prints one
     message and exits with status 2; LIT_PTM_DEBUG=1 shows the traceback too."""
     try:
-        run_cli()  # LightningCLI reads sys.argv itself
-    except LitPtmError as e:
+        if sys.argv[1:2] in (["import"], ["export"]):  # plain subcommands: HF transformers interoperability
+            from lit_ptm.hf import main as hf_main
+
+            hf_main(sys.argv[1:])
+        else:
+            run_cli()  # LightningCLI reads sys.argv itself
+    except Exception as e:
+        user_error = user_error_of(e)
+        if user_error is None:
+            raise  # a bug: its traceback
         if os.environ.get("LIT_PTM_DEBUG", "") not in ("", "0"):
             traceback.print_exc()
-        print(f"lit-ptm: error: {e}", file=sys.stderr)
+        print(f"lit-ptm: error: {user_error}", file=sys.stderr)
         sys.exit(2)
+
+
+def user_error_of(error: BaseException) -> LitPtmError | None:
+    """The LitPtmError behind an exception: jsonargparse wraps errors raised while it builds the classes."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, LitPtmError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -49,12 +49,21 @@ def checkpoint_of(path: str | Path, key: str = "model.pretrained") -> Path:
 
 
 def tokenizer_of(path: str | Path) -> Path | None:
-    """The tokenizer.json beside a pretrained run's checkpoint, if there is one."""
-    candidate = checkpoint_of(path).parent / "tokenizer.json"
+    """The tokenizer.json beside a pretrained run's checkpoint (or in an HF model directory), if there is one."""
+    from lit_ptm.hf import is_hf_dir
+
+    candidate = (Path(path) if is_hf_dir(path) else checkpoint_of(path).parent) / "tokenizer.json"
     return candidate if candidate.is_file() else None
 
 
 def load_pretrained(path: str | Path) -> Pretrained:
+    """A lit_ptm run (directory or .ckpt) or a local HF model directory (BERT, RoBERTa, ALBERT, GPT-2)."""
+    from lit_ptm.hf import is_hf_dir, read_hf_dir
+
+    if is_hf_dir(path):
+        hf = read_hf_dir(path)
+        return Pretrained(checkpoint=hf.directory, objective=hf.objective, config=hf.config, state_dict=hf.state_dict,
+                          backbone="transformer", tokenizer_sha=hf.tokenizer.sha)
     checkpoint = checkpoint_of(path)
     raw = read_checkpoint(checkpoint)
     meta = raw.get("lit_ptm")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
+import re
 import socket
 import sys
 import time
@@ -31,9 +31,9 @@ from lit_ptm.errors import LitPtmError
 
 LOCK_FILE = ".lit_ptm.lock"
 # What a run writes into its directory (and `--overwrite true` removes); anything else stays.
-RUN_FILES = ("*.ckpt", "config.yaml", "tokenizer.json", "events.out.tfevents.*", "hparams.yaml",
+RUN_FILES = ("*.ckpt", "config.yaml", "tokenizer.json", "special_tokens_map.json", "events.out.tfevents.*", "hparams.yaml",
              "test_metrics.json", "predictions*.jsonl")
-TEMPORARY = ".*.tmp*"
+TEMPORARY = re.compile(r"^\..+\.tmp(\d+)$")  # .<name>.tmp<pid>, as atomic_write names them
 
 
 class RunDirectoryError(LitPtmError):
@@ -74,6 +74,8 @@ class RunLock:
         self._file = None
 
     def acquire(self) -> RunLock:
+        if self.directory.exists() and not self.directory.is_dir():
+            raise RunDirectoryError(f"run directory {self.directory} is a file: choose another --trainer.default_root_dir")
         self.directory.mkdir(parents=True, exist_ok=True)
         f = open(self.directory / LOCK_FILE, "a+")
         try:
@@ -108,15 +110,27 @@ class RunLock:
 
 
 def remove_temporaries(directory: Path) -> list[Path]:
-    """The ``.<name>.tmp<pid>`` files of writes that a killed process never finished."""
+    """The ``.<name>.tmp<pid>`` files of writes that a killed process never finished (files only, and
+    only those whose process is gone: the caller holds the directory's lock, so no live writer remains)."""
     removed = []
-    for path in directory.glob(TEMPORARY) if directory.is_dir() else ():
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
+    for path in directory.iterdir() if directory.is_dir() else ():
+        match = TEMPORARY.match(path.name)
+        if match and path.is_file() and not _alive(int(match.group(1))):
             path.unlink(missing_ok=True)
-        removed.append(path)
+            removed.append(path)
     return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers from an earlier run in this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_run(directory: Path) -> list[Path]:
@@ -127,15 +141,26 @@ def remove_run(directory: Path) -> list[Path]:
     return removed
 
 
+def inside(path, directory: Path) -> bool:
+    return path is not None and Path(path).resolve().is_relative_to(directory.resolve())
+
+
 def take_run_directory(subcommand: str, directory: Path, ckpt_path: str | None, overwrite: bool,
-                       outputs: tuple[Path, ...] = ()) -> RunLock:
+                       outputs: tuple[Path, ...] = (), reads: tuple = ()) -> RunLock:
     """Checks that ``subcommand`` may write into ``directory`` (and create ``outputs``, files that must not
-    exist yet unless ``overwrite``) and locks it; the caller releases the lock."""
+    exist yet unless ``overwrite``) and locks it; the caller releases the lock. ``reads``: other paths the run
+    reads from (model.pretrained), which --overwrite must not remove."""
     directory = Path(directory)
     lock = RunLock(directory).acquire()
     try:
         checkpoints = checkpoints_in(directory)
         names = ", ".join(p.name for p in checkpoints)
+        sources = [p for p in (ckpt_path, *reads) if inside(p, directory)]
+        if subcommand == "fit" and checkpoints and overwrite and sources:
+            raise RunDirectoryError(
+                f"--overwrite true would remove {directory}'s run, but this run reads {sources[0]} from it: choose "
+                "another --trainer.default_root_dir for the new run"
+            )
         if subcommand == "fit" and checkpoints and overwrite:
             removed = remove_run(directory)
             print(f"--overwrite true: removed the previous run in {directory} ({len(removed)} files: {names}, ...)", file=sys.stderr)
@@ -144,11 +169,17 @@ def take_run_directory(subcommand: str, directory: Path, ckpt_path: str | None, 
             if not resumes_here:
                 started = f"a run from {ckpt_path}" if ckpt_path else "a new run"
                 last = directory / ("last.ckpt" if (directory / "last.ckpt").is_file() else checkpoints[-1].name)
+                start_over = "" if sources else (", or start over with --overwrite true (removes the old run's checkpoints, "
+                                                 "config.yaml, tokenizer.json and events first)")
                 raise RunDirectoryError(
                     f"run directory {directory} already holds a run ({names}); {started} would overwrite or mix with it. "
-                    f"Either resume it (--ckpt_path {last}), choose another --trainer.default_root_dir, or start over "
-                    f"with --overwrite true (removes the old run's checkpoints, config.yaml, tokenizer.json and events first)"
+                    f"Either resume it (--ckpt_path {last}) or choose another --trainer.default_root_dir{start_over}"
                 )
+        elif subcommand != "fit" and checkpoints and ckpt_path is not None and not inside(ckpt_path, directory):
+            raise RunDirectoryError(
+                f"run directory {directory} holds another run ({names}) than {ckpt_path}: `{subcommand}` would write its "
+                "figures over that run's; pass --trainer.default_root_dir (e.g. the checkpoint's own directory)"
+            )
         elif subcommand != "fit" and ckpt_path is None:
             if checkpoints:
                 raise RunDirectoryError(

@@ -9,6 +9,7 @@ serves every objective later (GLM's [sop]/[eop]/[sMASK]/[gMASK], T5's sentinels,
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,18 +37,27 @@ class TokenizerError(LitPtmError, ValueError):
     pass
 
 
+# The roles special tokens play, and lit_ptm's own names for them. A tokenizer from elsewhere (an HF
+# model directory) names its own (RoBERTa's <s> </s> <pad> <mask>, GPT-2's single <|endoftext|>) in
+# special_tokens_map.json / tokenizer_config.json beside its tokenizer.json; they are mapped by role.
+ROLES = {"pad": PAD, "unk": UNK, "cls": CLS, "sep": SEP, "mask": MASK, "bos": BOS, "eos": EOS}
+ROLE_FILES = ("special_tokens_map.json", "tokenizer_config.json")
+
+
 @dataclass(frozen=True)
 class SpecialIds:
-    """The ids collators need; plain ints so that the object pickles into DataLoader workers."""
+    """The ids collators need; plain ints so that the object pickles into DataLoader workers.
+    A role the tokenizer does not have is None (``Tokenizer.require`` names it); ``pad`` always has
+    an id: without a padding token, padding uses the end-of-text token (it is masked everywhere)."""
 
     vocab_size: int
     pad: int
-    unk: int
-    cls: int
-    sep: int
-    mask: int
-    bos: int
-    eos: int
+    unk: int | None
+    cls: int | None
+    sep: int | None
+    mask: int | None
+    bos: int | None
+    eos: int | None
     special: tuple[int, ...] = field(repr=False)
 
     def special_table(self) -> torch.Tensor:
@@ -63,28 +73,74 @@ class SpecialIds:
         return keep.nonzero().squeeze(1)
 
 
-class Tokenizer:
-    """A `tokenizers.Tokenizer` that honours the special-token contract and reports word starts."""
+def read_roles(directory: Path) -> dict[str, str] | None:
+    """Role -> token of an HF tokenizer directory (special_tokens_map.json, else tokenizer_config.json), or None."""
+    for name in ROLE_FILES:
+        path = directory / name
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as e:
+                raise TokenizerError(f"{path} is not valid JSON: {e}") from None
+            roles = {}
+            for role in ROLES:
+                value = data.get(f"{role}_token")
+                if isinstance(value, dict):  # an AddedToken, serialised
+                    value = value.get("content")
+                if isinstance(value, str):
+                    roles[role] = value
+            return roles
+    return None
 
-    def __init__(self, hf: HFTokenizer, source: str = "<memory>"):
+
+class Tokenizer:
+    """A `tokenizers.Tokenizer` with the ids of its special tokens' roles, reporting word starts.
+
+    ``roles`` None: lit_ptm's contract, every token of ``SPECIAL_TOKENS`` (appended, with a warning,
+    to a tokenizer that lacks some). ``roles`` given (role -> token, from an HF tokenizer directory):
+    those tokens play those roles, and nothing is appended, so ids keep matching the embeddings of
+    the model the tokenizer came with.
+    """
+
+    def __init__(self, hf: HFTokenizer, source: str = "<memory>", roles: dict[str, str] | None = None):
         self.hf = hf
         self.source = source
-        missing = [t for t in SPECIAL_TOKENS if hf.token_to_id(t) is None]
-        if missing:
-            shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
-            warnings.warn(f"tokenizer {source} lacks {len(missing)} lit_ptm special tokens ({shown}); appending them")
-            hf.add_special_tokens(missing)
+        self.roles = roles
+        if roles is None:
+            missing = [t for t in SPECIAL_TOKENS if hf.token_to_id(t) is None]
+            if missing:
+                shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
+                warnings.warn(f"tokenizer {source} lacks {len(missing)} lit_ptm special tokens ({shown}); appending them")
+                hf.add_special_tokens(missing)
+            named = dict(ROLES)
+        else:
+            absent = [f"{role}={token!r}" for role, token in roles.items() if hf.token_to_id(token) is None]
+            if absent:
+                raise TokenizerError(f"tokenizer {source} names special tokens that are not in its vocabulary: {', '.join(absent)}")
+            named = roles
         # Never let the tokenizer add [CLS]/[SEP] itself: window builders place special tokens.
         hf.no_padding()
         hf.no_truncation()
-        ids = {t: hf.token_to_id(t) for t in SPECIAL_TOKENS}
-        special = set(ids.values()) | {i for i, tok in hf.get_added_tokens_decoder().items() if tok.special}
+        ids = {role: hf.token_to_id(token) for role, token in named.items()}
+        reserved = [hf.token_to_id(t) for t in SPECIAL_TOKENS] if roles is None else []
+        special = {i for i in [*ids.values(), *reserved] if i is not None}
+        special |= {i for i, tok in hf.get_added_tokens_decoder().items() if tok.special}
+        pad = next(i for i in (ids.get("pad"), ids.get("eos"), ids.get("unk"), 0) if i is not None)
         self.ids = SpecialIds(
-            vocab_size=hf.get_vocab_size(with_added_tokens=True),
-            pad=ids[PAD], unk=ids[UNK], cls=ids[CLS], sep=ids[SEP], mask=ids[MASK], bos=ids[BOS], eos=ids[EOS],
-            special=tuple(sorted(special)),
+            vocab_size=hf.get_vocab_size(with_added_tokens=True), pad=pad,
+            **{role: ids.get(role) for role in ROLES if role != "pad"}, special=tuple(sorted(special)),
         )
-        self.sha = hashlib.sha256(hf.to_str().encode()).hexdigest()[:16]
+        identity = hf.to_str() + ("" if roles is None else json.dumps(roles, sort_keys=True))
+        self.sha = hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+    def require(self, *roles: str, purpose: str) -> None:
+        """Stop with a clear error when the tokenizer has no token for a role that ``purpose`` needs."""
+        missing = [r for r in roles if getattr(self.ids, r) is None]
+        if missing:
+            raise TokenizerError(
+                f"tokenizer {self.source} has no {' / '.join(missing)} token, which {purpose} needs "
+                f"(its special tokens: {self.roles})"
+            )
 
     @property
     def vocab_size(self) -> int:
@@ -99,11 +155,15 @@ class Tokenizer:
             hf = HFTokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
             raise TokenizerError(f"tokenizer file {path} is not a valid tokenizer.json: {e}") from e
-        return cls(hf, source=str(path))
+        return cls(hf, source=str(path), roles=read_roles(path.parent))
 
     def save(self, path: str | Path) -> None:
+        """tokenizer.json, and beside it the role map of a tokenizer that has one (special_tokens_map.json)."""
         with atomic_write(path) as tmp:
             self.hf.save(str(tmp))
+        if self.roles is not None:
+            with atomic_write(Path(path).parent / ROLE_FILES[0]) as tmp:
+                tmp.write_text(json.dumps({f"{role}_token": token for role, token in self.roles.items()}, indent=1))
 
     def encode_arrays(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Encode ``texts`` (no special tokens added) into flat arrays: token ids [T], word-start
@@ -169,4 +229,6 @@ def train_tokenizer(
     else:
         raise TokenizerError(f"data.tokenizer_kind={kind!r} is not one of {', '.join(TOKENIZER_KINDS)}")
     tok.train_from_iterator(sentences, trainer=trainer)
-    return Tokenizer(tok, source=f"<trained {kind} {vocab_size}>")
+    # Its serialised form: the identity (sha) of a trained tokenizer is the one it has once saved and loaded
+    # (a freshly trained Unigram model serialises its scores differently from a loaded one).
+    return Tokenizer(HFTokenizer.from_str(tok.to_str()), source=f"<trained {kind} {vocab_size}>")

@@ -24,7 +24,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypa
 def test_unreadable_checkpoints_are_named(tmp_path):
     io = AtomicCheckpointIO()
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="junk.ckpt cannot be read: it is corrupt or truncated"):
+    with pytest.raises(CheckpointError, match="junk.ckpt cannot be read: it is corrupt, truncated or not a plain-data checkpoint"):
         io.load_checkpoint(tmp_path / "junk.ckpt")
     with pytest.raises(CheckpointError, match="missing.ckpt does not exist"):
         io.load_checkpoint(tmp_path / "missing.ckpt")

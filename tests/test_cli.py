@@ -138,8 +138,9 @@ def test_missing_and_non_utf8_corpus_are_named(tmp_path, capsys, cache_dir):
 
 
 def test_sequence_longer_than_positions_is_refused(tmp_path, capsys, cache_dir):
-    err = cli_error(["fit", *tiny_args("bert", tmp_path, "--data.init_args.seq_length", "256")], capsys)
+    err = cli_error(["fit", *tiny_args("bert", tmp_path / "r", "--data.init_args.seq_length", "256")], capsys)
     assert "data.seq_length=256 exceeds model.config.max_position_embeddings=128" in err
+    assert not (tmp_path / "r").exists()  # refused before any work
 
 
 def test_model_vocabulary_must_match_the_tokenizer(tmp_path, capsys, cache_dir):
@@ -334,6 +335,12 @@ def test_resume_refuses_architecture_flags_that_contradict_the_checkpoint(short_
         err = cli_error(["fit", *tiny_args("gpt", short_run, flag, value, "--trainer.max_steps", "4"),
                          "--ckpt_path", str(short_run / "last.ckpt")], capsys)
         assert shown in err and "last.ckpt was built with other settings" in err, err
+
+
+def test_resume_refuses_a_named_flag_even_when_it_equals_the_default(short_run, capsys):
+    err = cli_error(["fit", *tiny_args("gpt", short_run, "--model.init_args.config.num_layers", "12", "--trainer.max_steps", "4"),
+                     "--ckpt_path", str(short_run / "last.ckpt")], capsys)
+    assert "model.config.num_layers=12 (the checkpoint's: 2)" in err, err
 
 
 def test_resume_applies_resumable_settings_and_records_them(tmp_path, short_run):

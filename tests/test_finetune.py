@@ -230,7 +230,7 @@ def test_another_tokenizer_is_refused(pretrained_runs, tmp_path, monkeypatch, ca
     with pytest.raises(ValueError) as e:  # longer inputs than the pretrained model has positions for
         run_cli(["fit", *finetune_args(pretrained_runs["bert"], tmp_path / "y", "--data.init_args.train_file", str(train),
                                        "--data.init_args.val_file", str(train), "--data.init_args.max_length", "256")])
-    assert "data.max_length=256 exceeds the model's max_position_embeddings=128" in str(e.value)
+    assert "data.max_length=256 exceeds the model's 128 positions" in str(e.value)
 
 
 # -- continued pretraining --------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def test_no_query_row_is_left_without_keys():
 
 
 def test_sequence_longer_than_positions_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"sequence length 41 exceeds model.config.max_position_embeddings=40"):
+    with pytest.raises(ValueError, match=r"sequence length 41 exceeds the model.s 40 positions"):
         model()(torch.zeros(1, 41, dtype=torch.long))
 
 

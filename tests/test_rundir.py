@@ -156,7 +156,75 @@ def test_temporaries_of_a_killed_write_are_removed_when_the_run_resumes(tmp_path
     run_cli(["fit", *tiny_args("gpt", root, "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0",
                                "--ckpt_path", str(root / "last.ckpt"))])
     assert not any(p.exists() for p in stale)
-    assert not list(root.glob(".*.tmp*"))
+    assert not list(root.glob(".*.tmp[0-9]*"))
+
+
+def test_only_temporaries_of_dead_writers_are_removed_and_user_files_stay(tmp_path):
+    from lit_ptm.rundir import remove_temporaries
+
+    keep = [tmp_path / ".page.tmpl", tmp_path / "notes.tmp123", tmp_path / f".live.tmp{os.getppid()}"]
+    for path in keep:
+        path.write_text("mine")
+    (tmp_path / ".venv.tmp1").mkdir()
+    (tmp_path / ".last.ckpt.tmp999999").write_text("half")
+    assert [p.name for p in remove_temporaries(tmp_path)] == [".last.ckpt.tmp999999"]
+    assert all(p.exists() for p in keep) and (tmp_path / ".venv.tmp1").is_dir()
+
+
+def test_overwrite_never_removes_what_the_run_reads(tmp_path, cache_dir):
+    root = tmp_path / "run"
+    short = ["--trainer.max_steps", "1", "--trainer.limit_val_batches", "0"]
+    run_cli(["fit", *tiny_args("gpt", root, *short)])
+    for reads in (["--ckpt_path", str(root / "last.ckpt")], ["--model.init_args.pretrained", str(root)]):
+        with pytest.raises(RunDirectoryError, match="--overwrite true would remove .* but this run reads"):
+            run_cli(["fit", *tiny_args("gpt", root, *short, "--overwrite", "true"), *reads])
+        assert (root / "last.ckpt").is_file() and (root / "tokenizer.json").is_file()
+    # Continued pretraining into its own run directory: refused without offering --overwrite.
+    with pytest.raises(RunDirectoryError) as e:
+        run_cli(["fit", *tiny_args("gpt", root, *short, "--model.init_args.pretrained", str(root))])
+    assert "--overwrite" not in str(e.value)
+
+
+def test_evaluating_into_another_runs_directory_is_refused_and_config_yaml_is_the_training_one(tmp_path, cache_dir):
+    a, b = tmp_path / "a", tmp_path / "b"
+    short = ["--trainer.max_steps", "1", "--trainer.limit_val_batches", "0"]
+    for root in (a, b):
+        run_cli(["fit", *tiny_args("gpt", root, *short)])
+    with pytest.raises(RunDirectoryError, match=r"holds another run .* than .*b/last.ckpt"):
+        run_cli(["test", *tiny_args("gpt", a, "--ckpt_path", str(b / "last.ckpt"))])
+    recorded = (a / "config.yaml").read_text()
+    run_cli(["test", *tiny_args("gpt", a, "--trainer.limit_test_batches", "1", "--ckpt_path", str(a / "last.ckpt"))])
+    assert (a / "config.yaml").read_text() == recorded  # `test` did not replace the training config
+
+
+def test_a_checkpoint_naming_a_foreign_class_or_a_lightning_keyword_is_refused(trained_gpt, tmp_path, monkeypatch, cache_dir):
+    marker = tmp_path / "imported"
+    (tmp_path / "evil_module.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass X: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    checkpoint = torch.load(trained_gpt / "last.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"]["_class_path"] = "evil_module.X"
+    torch.save(checkpoint, tmp_path / "foreign.ckpt")
+    with pytest.raises(CheckpointError, match="names the class 'evil_module.X', which is not a lit_ptm objective or task"):
+        run_cli(["test", *tiny_args("gpt", tmp_path / "t", "--ckpt_path", str(tmp_path / "foreign.ckpt"))])
+    assert not marker.exists()
+    for keyword in ("last", "hpc", "registry"):
+        with pytest.raises(CheckpointError, match="give the checkpoint file or run directory"):
+            run_cli(["test", *tiny_args("gpt", tmp_path / "t", "--ckpt_path", keyword)])
+    # A hostile file in torch's legacy (non-zip) format is refused by name too, not called "corrupt".
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save({"payload": WritesMarker(tmp_path / "pwned")}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="legacy.ckpt was refused: it asks to load posix.system"):
+        run_cli(["test", *tiny_args("gpt", tmp_path / "t", "--ckpt_path", str(legacy))])
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_reused_config_yaml_writes_into_the_new_run_directory(trained_gpt, tmp_path, cache_dir):
+    root = tmp_path / "new"
+    before = sorted(p.name for p in trained_gpt.iterdir())
+    run_cli(["fit", "--config", str(trained_gpt / "config.yaml"), "--trainer.default_root_dir", str(root),
+             "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0"])
+    assert sorted(p.name for p in trained_gpt.iterdir()) == before
+    assert (root / "config.yaml").is_file() and list(root.glob("events.out.tfevents.*"))
 
 
 # -- 6. user errors are one clear message ---------------------------------------------------------
@@ -168,6 +236,10 @@ def test_user_errors_exit_with_one_message_and_no_traceback(tmp_path, cache_dir)
     assert "lit-ptm: error: data.train_files: no corpus file matches" in r.stderr
     r = run_module(args, env={**env, "LIT_PTM_DEBUG": "1"})
     assert r.returncode == 2 and "Traceback" in r.stderr
+    # An error raised while the classes are built (jsonargparse wraps it) is one message too, and leaves no run directory.
+    r = run_module(["fit", *tiny_args("gpt", tmp_path / "v", "--data.init_args.batch_size", "0")], env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "lit-ptm: error: data.batch_size=0 must be at least 1" in r.stderr
+    assert not (tmp_path / "v").exists()
 
 
 def test_value_checks_name_the_key_before_any_work(tmp_path, monkeypatch, capsys):

@@ -30,6 +30,7 @@ class ModelConfig:
     intermediate_size: int | None = None  # None: 4 * hidden_size
     share: Literal["none", "all", "attention", "ffn"] = "none"  # cross-layer sharing: none | all (ALBERT) | attention | ffn
     max_position_embeddings: int = 512
+    position_offset: int = 0  # first row of the position table used (RoBERTa's table starts at padding_idx + 1)
     type_vocab_size: int = 0  # segment (token type) embeddings; 0: none
     position_embedding: Literal["learned", "none"] = "learned"  # learned | none
     norm_position: Literal["post", "pre"] = "post"  # post (BERT: norm after the residual add) | pre (GPT-2)
@@ -54,6 +55,8 @@ class ModelConfig:
         for key in ("hidden_size", "num_layers", "num_heads", "max_position_embeddings"):
             if getattr(self, key) < 1:
                 bad(key, "must be positive")
+        if not 0 <= self.position_offset < self.max_position_embeddings:
+            bad("position_offset", f"must be in [0, max_position_embeddings={self.max_position_embeddings})")
         if self.vocab_size is not None and self.vocab_size < 1:
             bad("vocab_size", "must be positive")
         if self.hidden_size % self.num_heads:
@@ -79,6 +82,11 @@ class ModelConfig:
     @property
     def embed_size(self) -> int:
         return self.embedding_size or self.hidden_size
+
+    @property
+    def max_length(self) -> int:
+        """The longest input the position table holds."""
+        return self.max_position_embeddings - self.position_offset
 
     @property
     def head_size(self) -> int:

@@ -16,7 +16,7 @@ from lit_ptm.nn.layers import Block
 class Embeddings(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.max_positions = config.max_position_embeddings
+        self.max_positions, self.offset = config.max_length, config.position_offset
         E = config.embed_size  # ALBERT: every embedding in E dimensions, then one projection to H
         self.tokens = nn.Embedding(config.vocab_size, E)
         self.positions = nn.Embedding(config.max_position_embeddings, E) if config.position_embedding == "learned" else None
@@ -29,12 +29,12 @@ class Embeddings(nn.Module):
         T = input_ids.size(1)
         if T > self.max_positions:
             raise ConfigError(
-                f"sequence length {T} exceeds model.config.max_position_embeddings={self.max_positions}; "
-                "lower data.seq_length or raise max_position_embeddings"
+                f"sequence length {T} exceeds the model's {self.max_positions} positions (model.config.max_position_embeddings "
+                "less position_offset); lower data.seq_length or raise max_position_embeddings"
             )
         x = self.tokens(input_ids)  # (B, T, H)
         if self.positions is not None:
-            x = x + (self.positions.weight[:T] if position_ids is None else self.positions(position_ids))
+            x = x + (self.positions.weight[self.offset : self.offset + T] if position_ids is None else self.positions(position_ids + self.offset))
         if self.token_types is not None:  # no ids given: every token is in segment 0 (as in BERT)
             x = x + (self.token_types.weight[0] if token_type_ids is None else self.token_types(token_type_ids))
         if self.norm is not None:

@@ -16,6 +16,7 @@ from torchmetrics import MeanMetric
 
 from lit_ptm.callbacks import CheckpointMismatchError
 from lit_ptm.errors import ConfigError
+from lit_ptm.hf import family_of
 from lit_ptm.nn import ModelConfig, Transformer
 from lit_ptm.tokenizer import SpecialIds
 
@@ -120,6 +121,7 @@ class PretrainObjective(L.LightningModule):
     packing = "contiguous"
     packings: tuple[str, ...] = ("contiguous",)
     causal = False
+    special_roles: tuple[str, ...] = ()  # the special tokens its windows and collator place (tokenizer roles)
     backbone = "transformer"  # the attribute holding the stack that fine-tuning and continued pretraining reuse
 
     def __init__(self, config: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig(), pretrained: str | None = None):
@@ -145,16 +147,19 @@ class PretrainObjective(L.LightningModule):
         check the model against the data even when it was built before (from hyper-parameters)."""
         dm = self._datamodule()
         tokenizer = getattr(dm, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.require(*self.special_roles, purpose=f"the {type(self).__name__} objective")
         if tokenizer is not None and self.config.vocab_size not in (None, tokenizer.vocab_size):
             raise CheckpointMismatchError(
                 f"model.config.vocab_size={self.config.vocab_size} (from the config, or from the checkpoint being "
                 f"loaded) does not match the tokenizer ({tokenizer.source}, {tokenizer.vocab_size} tokens); "
                 "a checkpoint needs the tokenizer.json of its run (data.tokenizer)"
             )
-        if dm is not None and getattr(dm, "seq_length", None) and dm.seq_length > self.config.max_position_embeddings:
+        if dm is not None and getattr(dm, "seq_length", None) and dm.seq_length > self.config.max_length:
+            offset = f" less position_offset={self.config.position_offset}" if self.config.position_offset else ""
             raise ConfigError(
                 f"data.seq_length={dm.seq_length} exceeds model.config.max_position_embeddings="
-                f"{self.config.max_position_embeddings}"
+                f"{self.config.max_position_embeddings}{offset}"
             )
         if self.transformer is not None:
             return
@@ -278,6 +283,7 @@ class PretrainObjective(L.LightningModule):
             "format": CHECKPOINT_FORMAT,
             "objective": type(self).__name__,
             "backbone": self.backbone,
+            "family": family_of(self.config),  # the HF architecture it matches (export), or None
             "started_from": getattr(self, "started_from", None),
             "model_config": self.config.to_dict(),
             "tokenizer_sha": tokenizer.sha if tokenizer is not None else None,

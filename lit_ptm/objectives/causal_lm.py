@@ -13,6 +13,7 @@ class CausalLM(PretrainObjective):
     packings = ("contiguous",)  # windows of L + 1 tokens: inputs and their shifted labels
     packing = "contiguous"
     causal = True
+    special_roles = ("eos",)  # between packed documents
 
     def build_heads(self) -> None:
         self.lm_head = LMHead(self.config, self.transformer.embeddings.tokens)

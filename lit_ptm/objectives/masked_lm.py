@@ -45,6 +45,8 @@ class MaskedLM(PretrainObjective):
         self.packing = self.packings[0]
         super().__init__(config, optim, pretrained)
 
+    special_roles = ("cls", "sep", "mask")
+
     def build_heads(self) -> None:
         self.lm_head = LMHead(self.config, self.transformer.embeddings.tokens)
         V = self.config.vocab_size

@@ -13,6 +13,7 @@ import torch
 
 from lit_ptm.callbacks import CheckpointMismatchError
 from lit_ptm.errors import ConfigError
+from lit_ptm.hf import family_of
 from lit_ptm.nn import ModelConfig, Transformer
 from lit_ptm.objectives.base import (
     CHECKPOINT_FORMAT, OptimConfig, adamw_with_schedule, apply_configured_optim, save_plain_hyperparameters,
@@ -109,15 +110,19 @@ class FinetuneTask(L.LightningModule):
             self.build_head(pretrained_heads)
             if self.freeze_embeddings:
                 self.transformer.embeddings.requires_grad_(False)
+        if tokenizer is not None:
+            roles = ("eos",) if self.config.causal else ("cls", "sep")  # the layouts of tasks.features
+            tokenizer.require(*roles, purpose=f"fine-tuning a {'causal' if self.config.causal else 'bidirectional'} model")
         if tokenizer is not None and tokenizer.vocab_size != self.config.vocab_size:
             raise CheckpointMismatchError(
                 f"the model's vocabulary ({self.config.vocab_size}) does not match the tokenizer "
                 f"{tokenizer.source} ({tokenizer.vocab_size} tokens)"
             )
         max_length = getattr(dm, "max_length", None)
-        if max_length and max_length > self.config.max_position_embeddings:
+        if max_length and max_length > self.config.max_length:
             raise ConfigError(
-                f"data.max_length={max_length} exceeds the model's max_position_embeddings={self.config.max_position_embeddings}"
+                f"data.max_length={max_length} exceeds the model's {self.config.max_length} positions "
+                f"(max_position_embeddings={self.config.max_position_embeddings}, position_offset={self.config.position_offset})"
             )
 
     def build_head(self, pretrained_state: dict[str, torch.Tensor]) -> None:
@@ -207,7 +212,8 @@ class FinetuneTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         tokenizer = getattr(self._datamodule(), "tokenizer", None)
         checkpoint["lit_ptm"] = {
-            "format": CHECKPOINT_FORMAT, "objective": type(self).__name__, "backbone": "transformer", "model_config": self.config.to_dict(),
+            "format": CHECKPOINT_FORMAT, "objective": type(self).__name__, "backbone": "transformer", "family": family_of(self.config),
+            "model_config": self.config.to_dict(),
             "tokenizer_sha": tokenizer.sha if tokenizer is not None else None, "started_from": self.started_from,
         }
 

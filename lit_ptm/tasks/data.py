@@ -114,7 +114,7 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
         self.tokenizer = self.tokenizer or Tokenizer.load(self.tokenizer_path)
         if self.files["train"] is None:
             demo = write_demo_task(self.cache_dir / "tasks")
-            self.files = {**{k: str(v) for k, v in demo.items()}, **{k: v for k, v in self.files.items() if v is not None}}
+            self.files = {**self.files, **{k: str(v) for k, v in demo.items() if self.files.get(k) is None}}
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}.get(stage, SPLITS)
         module = self.trainer.lightning_module if self.trainer is not None else None
         for split in ("train", *wanted):  # the training records come first: they define the label set

@@ -37,8 +37,8 @@ def encode_texts(tokenizer: Tokenizer, texts: list[str], pairs: list[str] | None
         specials = (1 if causal else 2) + (1 if b is not None else 0)
         keep_a, keep_b = truncate_pair(len(a), len(b) if b is not None else 0, max_length - specials)
         a = a[:keep_a]
-        if causal:  # A [SEP] B [EOS]: the final [EOS] is pooled
-            first = a + ([ids.sep] if b is not None else [])
+        if causal:  # A [SEP] B [EOS]: the final [EOS] is pooled (GPT-2 has no [SEP]: its end-of-text token separates)
+            first = a + ([ids.sep if ids.sep is not None else ids.eos] if b is not None else [])
             rest = (b[:keep_b] if b is not None else []) + [ids.eos]
         else:  # [CLS] A [SEP] B [SEP]
             first = [ids.cls] + a + [ids.sep]

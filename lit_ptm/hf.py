@@ -1,0 +1,526 @@
+"""HF transformers interoperability: BERT, RoBERTa, ALBERT and GPT-2, in both directions.
+
+One table per architecture maps lit_ptm's parameter names to HF's (the fused qkv split and merged,
+GPT-2's Conv1D transposed, RoBERTa's position table offset by padding_idx + 1, ALBERT's shared group and
+embedding projection); the same table reads an HF model directory (``--model.pretrained HF_DIR``,
+``lit-ptm import``) and writes one (``lit-ptm export``). Nothing is approximated: a lit_ptm setting
+without an exact HF counterpart is refused by name. ``transformers`` is imported only for export and
+the parity tests; reading needs ``safetensors`` for .safetensors weights (``pip install -e '.[hf]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lit_ptm.callbacks import CheckpointError, read_checkpoint
+from lit_ptm.errors import LitPtmError
+from lit_ptm.nn import ModelConfig
+from lit_ptm.rundir import atomic_write
+from lit_ptm.tokenizer import ROLE_FILES, Tokenizer
+
+FAMILIES = ("bert", "roberta", "albert", "gpt2")
+PREFIX = {"bert": "bert.", "roberta": "roberta.", "albert": "albert.", "gpt2": "transformer."}
+ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu", "swish": "silu"}
+ENCODER = {"norm_position": "post", "embedding_norm": True, "final_norm": False, "lm_head_transform": True, "lm_head_bias": True}
+# The flags of ModelConfig each family fixes (values not listed are free: sizes, eps, activation, dropout).
+FAMILY_FLAGS: dict[str, dict] = {
+    "bert": {**ENCODER, "share": "none", "position_offset": 0},
+    "roberta": {**ENCODER, "share": "none"},
+    "albert": {**ENCODER},
+    "gpt2": {"norm_position": "pre", "embedding_norm": False, "final_norm": True, "lm_head_transform": False,
+             "lm_head_bias": False, "share": "none", "position_offset": 0, "type_vocab_size": 0},
+}
+COMMON_FLAGS = {"bias": True, "tie_word_embeddings": True, "position_embedding": "learned"}
+
+
+class HFError(LitPtmError):
+    pass
+
+
+# -- which family a lit_ptm model is ---------------------------------------------------------------
+def mismatches(config: ModelConfig, family: str) -> list[str]:
+    """The settings of ``config`` that ``family`` cannot express exactly (empty: it can)."""
+    wanted = {**COMMON_FLAGS, **FAMILY_FLAGS[family]}
+    out = [f"model.config.{k}={getattr(config, k)!r} ({family} has {v!r})" for k, v in wanted.items() if getattr(config, k) != v]
+    factorised = config.embedding_size not in (None, config.hidden_size)
+    if family == "albert":
+        if config.share not in ("all", "none"):
+            out.append(f"model.config.share={config.share!r} (albert shares all layers or none)")
+    elif factorised:
+        out.append(f"model.config.embedding_size={config.embedding_size} ({family} has no factorised embeddings)")
+    if family == "bert" and config.type_vocab_size < 1:
+        out.append("model.config.type_vocab_size=0 (bert has segment embeddings; without them it is roberta)")
+    if family == "roberta" and config.type_vocab_size > 1:
+        out.append(f"model.config.type_vocab_size={config.type_vocab_size} (roberta has one segment)")
+    return out
+
+
+def family_of(config: ModelConfig) -> str | None:
+    """The HF architecture that computes exactly what ``config`` does, if any."""
+    if config.causal or config.norm_position == "pre":
+        candidates = ["gpt2"]
+    elif config.embedding_size is not None:
+        candidates = ["albert"]
+    elif config.position_offset or config.type_vocab_size <= 1:
+        candidates = ["roberta", "bert"]
+    else:
+        candidates = ["bert"]
+    return next((f for f in candidates if not mismatches(config, f)), None)
+
+
+# -- configs -----------------------------------------------------------------------------------------
+def config_from_hf(hf: dict, source) -> tuple[str, ModelConfig]:
+    family = hf.get("model_type")
+    if family not in FAMILIES:
+        raise HFError(f"{source}: model_type {family!r} is not one lit_ptm maps (it maps {', '.join(FAMILIES)})")
+    act_key = "activation_function" if family == "gpt2" else "hidden_act"
+    act = hf.get(act_key, "gelu_new" if family == "gpt2" else "gelu")
+    if act not in ACT_FROM_HF:
+        raise HFError(f"{source}: {act_key}={act!r} has no exact counterpart in lit_ptm ({', '.join(ACT_FROM_HF)})")
+    if family == "gpt2":
+        for key, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False), ("add_cross_attention", False)):
+            if hf.get(key, ok) != ok:
+                raise HFError(f"{source}: {key}={hf[key]!r} is not mapped (lit_ptm's GPT-2 has {ok})")
+        H = hf.get("n_embd", 768)
+        return family, ModelConfig(
+            vocab_size=hf["vocab_size"], hidden_size=H, num_layers=hf.get("n_layer", 12), num_heads=hf.get("n_head", 12),
+            intermediate_size=hf.get("n_inner") or 4 * H, max_position_embeddings=hf.get("n_positions", 1024),
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5), activation=ACT_FROM_HF[act], dropout=hf.get("resid_pdrop", 0.1),
+            attention_dropout=hf.get("attn_pdrop", 0.1), init_std=hf.get("initializer_range", 0.02),
+            tie_word_embeddings=hf.get("tie_word_embeddings", True), scale_residual_init=True, causal=True,
+            **{k: v for k, v in FAMILY_FLAGS["gpt2"].items()},
+        )
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise HFError(f"{source}: position_embedding_type={hf['position_embedding_type']!r} is not mapped (absolute only)")
+    share = "none"
+    if family == "albert":
+        groups, inner, layers = hf.get("num_hidden_groups", 1), hf.get("inner_group_num", 1), hf.get("num_hidden_layers", 12)
+        if inner != 1 or groups not in (1, layers):
+            raise HFError(f"{source}: num_hidden_groups={groups}, inner_group_num={inner} is not mapped (lit_ptm shares all "
+                          "layers (1 group) or none (one group per layer), one layer per group)")
+        share = "all" if groups == 1 else "none"
+    offset = hf.get("pad_token_id", 1) + 1 if family == "roberta" else 0
+    return family, ModelConfig(
+        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
+        embedding_size=hf.get("embedding_size", 128) if family == "albert" else None, share=share,
+        max_position_embeddings=hf["max_position_embeddings"], position_offset=offset,
+        type_vocab_size=hf.get("type_vocab_size", 2), norm_eps=hf.get("layer_norm_eps", 1e-12), activation=ACT_FROM_HF[act],
+        dropout=hf.get("hidden_dropout_prob", 0.1), attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+        init_std=hf.get("initializer_range", 0.02), tie_word_embeddings=hf.get("tie_word_embeddings", True), **ENCODER,
+    )
+
+
+def config_to_hf(config: ModelConfig, family: str, tokenizer: Tokenizer | None) -> dict:
+    ids = tokenizer.ids if tokenizer is not None else None
+    special = {f"{r}_token_id": getattr(ids, r) for r in ("pad", "bos", "eos")} if ids is not None else {}
+    common = {"vocab_size": config.vocab_size, "initializer_range": config.init_std, "tie_word_embeddings": True}
+    if family == "gpt2":
+        return {**common, **special, "model_type": "gpt2", "n_embd": config.hidden_size, "n_layer": config.num_layers,
+                "n_head": config.num_heads, "n_inner": config.ffn_size, "n_positions": config.max_position_embeddings,
+                "activation_function": ACT_TO_HF[config.activation], "layer_norm_epsilon": config.norm_eps,
+                "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.attention_dropout}
+    out = {**common, **special, "model_type": family, "hidden_size": config.hidden_size, "num_hidden_layers": config.num_layers,
+           "num_attention_heads": config.num_heads, "intermediate_size": config.ffn_size, "hidden_act": ACT_TO_HF[config.activation],
+           "max_position_embeddings": config.max_position_embeddings, "type_vocab_size": max(1, config.type_vocab_size),
+           "layer_norm_eps": config.norm_eps, "hidden_dropout_prob": config.dropout,
+           "attention_probs_dropout_prob": config.attention_dropout, "position_embedding_type": "absolute"}
+    if family == "roberta":
+        out["max_position_embeddings"] = roberta_rows(config, out["pad_token_id"])[1]
+    if family == "albert":
+        out.update(embedding_size=config.embed_size, num_hidden_groups=1 if config.share == "all" else config.num_layers,
+                   inner_group_num=1, classifier_dropout_prob=config.dropout)
+    return out
+
+
+def roberta_rows(config: ModelConfig, pad_id: int) -> tuple[int, int]:
+    """RoBERTa reads position p of a right-padded row at table row p + pad_id + 1: the rows to add in front
+    of lit_ptm's table (negative: to drop), and the HF table's size."""
+    shift = pad_id + 1 - config.position_offset
+    if config.position_offset + shift < 0 or config.max_position_embeddings + shift <= 0:
+        raise HFError(f"model.config.position_offset={config.position_offset} cannot be written for pad_token_id={pad_id}")
+    return shift, config.max_position_embeddings + shift
+
+
+# -- parameter tables --------------------------------------------------------------------------------
+# Each row: (lit_ptm name, HF names, kind). kind: "" copies, "T" transposes (GPT-2's Conv1D), "qkv" joins
+# three HF matrices into lit_ptm's fused projection (or splits it), "qkvT" does both.
+def backbone_table(family: str, config: ModelConfig) -> list[tuple[str, tuple[str, ...], str]]:
+    rows: list[tuple[str, tuple[str, ...], str]] = []
+
+    def add(lit, hf, kind="", params=("weight", "bias")):
+        hf = (hf,) if isinstance(hf, str) else hf
+        for p in params:
+            rows.append((f"{lit}.{p}", tuple(f"{h}.{p}" for h in hf), kind))
+
+    e = "transformer.embeddings"
+    if family == "gpt2":
+        add(f"{e}.tokens", "wte", params=("weight",))
+        add(f"{e}.positions", "wpe", params=("weight",))
+        for i in range(config.num_layers):
+            b, h = f"transformer.blocks.{i}", f"h.{i}"
+            add(f"{b}.attention_norm", f"{h}.ln_1")
+            add(f"{b}.attention.qkv", f"{h}.attn.c_attn", "T")
+            add(f"{b}.attention.out", f"{h}.attn.c_proj", "T")
+            add(f"{b}.ffn_norm", f"{h}.ln_2")
+            add(f"{b}.ffn.up", f"{h}.mlp.c_fc", "T")
+            add(f"{b}.ffn.down", f"{h}.mlp.c_proj", "T")
+        add("transformer.final_norm", "ln_f")
+        return [(lit, hf, kind if not lit.endswith("bias") else "") for lit, hf, kind in rows]
+    add(f"{e}.tokens", "embeddings.word_embeddings", params=("weight",))
+    add(f"{e}.positions", "embeddings.position_embeddings", params=("weight",))
+    add(f"{e}.token_types", "embeddings.token_type_embeddings", params=("weight",))
+    add(f"{e}.norm", "embeddings.LayerNorm")
+    if family == "albert":
+        add(f"{e}.project", "encoder.embedding_hidden_mapping_in")
+    for i in range(config.num_layers):
+        b = f"transformer.blocks.{i}"
+        if family == "albert":
+            h = f"encoder.albert_layer_groups.{0 if config.share == 'all' else i}.albert_layers.0"
+            names = {"q": f"{h}.attention.query", "k": f"{h}.attention.key", "v": f"{h}.attention.value",
+                     "out": f"{h}.attention.dense", "attn_norm": f"{h}.attention.LayerNorm", "up": f"{h}.ffn",
+                     "down": f"{h}.ffn_output", "ffn_norm": f"{h}.full_layer_layer_norm"}
+        else:
+            h = f"encoder.layer.{i}"
+            names = {"q": f"{h}.attention.self.query", "k": f"{h}.attention.self.key", "v": f"{h}.attention.self.value",
+                     "out": f"{h}.attention.output.dense", "attn_norm": f"{h}.attention.output.LayerNorm",
+                     "up": f"{h}.intermediate.dense", "down": f"{h}.output.dense", "ffn_norm": f"{h}.output.LayerNorm"}
+        add(f"{b}.attention.qkv", (names["q"], names["k"], names["v"]), "qkv")
+        add(f"{b}.attention.out", names["out"])
+        add(f"{b}.attention_norm", names["attn_norm"])
+        add(f"{b}.ffn.up", names["up"])
+        add(f"{b}.ffn.down", names["down"])
+        add(f"{b}.ffn_norm", names["ffn_norm"])
+    return rows
+
+
+HEADS = {  # head name -> family -> [(lit_ptm prefix, HF prefix)], for .weight and .bias
+    "mlm": {"bert": [("lm_head.transform.0", "cls.predictions.transform.dense"), ("lm_head.transform.2", "cls.predictions.transform.LayerNorm")],
+            "roberta": [("lm_head.transform.0", "lm_head.dense"), ("lm_head.transform.2", "lm_head.layer_norm")],
+            "albert": [("lm_head.transform.0", "predictions.dense"), ("lm_head.transform.2", "predictions.LayerNorm")]},
+    "pair": {"bert": [("pair_head.pooler", "bert.pooler.dense"), ("pair_head.classifier", "cls.seq_relationship")],
+             "albert": [("pair_head.pooler", "albert.pooler"), ("pair_head.classifier", "sop_classifier.classifier")]},
+    "classify": {"bert": [("head.dense", "bert.pooler.dense"), ("head.out", "classifier")],
+                 "roberta": [("head.dense", "classifier.dense"), ("head.out", "classifier.out_proj")],
+                 "albert": [("head.dense", "albert.pooler"), ("head.out", "classifier")]},
+    "tag": {f: [("head", "classifier")] for f in FAMILIES},
+    "qa": {f: [("head", "qa_outputs")] for f in FAMILIES},
+}
+LM_BIAS = {"bert": "cls.predictions.bias", "roberta": "lm_head.bias", "albert": "predictions.bias"}
+HF_CLASSES = {
+    ("bert", "mlm"): "BertForMaskedLM", ("bert", "mlm+pair"): "BertForPreTraining", ("roberta", "mlm"): "RobertaForMaskedLM",
+    ("albert", "mlm"): "AlbertForMaskedLM", ("albert", "mlm+pair"): "AlbertForPreTraining", ("gpt2", "lm"): "GPT2LMHeadModel",
+    **{(f, "classify"): f"{n}ForSequenceClassification" for f, n in (("bert", "Bert"), ("roberta", "Roberta"), ("albert", "Albert"))},
+    **{(f, "tag"): f"{n}ForTokenClassification" for f, n in (("bert", "Bert"), ("roberta", "Roberta"), ("albert", "Albert"), ("gpt2", "GPT2"))},
+    **{(f, "qa"): f"{n}ForQuestionAnswering" for f, n in (("bert", "Bert"), ("roberta", "Roberta"), ("albert", "Albert"), ("gpt2", "GPT2"))},
+}
+
+
+def head_rows(family: str, heads: tuple[str, ...], config: ModelConfig) -> list[tuple[str, tuple[str, ...], str]]:
+    rows = []
+    for head in heads:
+        for lit, hf in HEADS.get(head, {}).get(family, []):
+            rows += [(f"{lit}.{p}", (f"{hf}.{p}",), "") for p in ("weight", "bias")]
+    if "mlm" in heads or "lm" in heads:
+        if family in LM_BIAS:
+            rows.append(("lm_head.bias", (LM_BIAS[family],), ""))
+        if not config.tie_word_embeddings:
+            decoder = {"bert": "cls.predictions.decoder", "roberta": "lm_head.decoder", "albert": "predictions.decoder", "gpt2": "lm_head"}
+            rows.append(("lm_head.weight", (f"{decoder[family]}.weight",), ""))
+    return rows
+
+
+def prefixed(family: str, heads: tuple[str, ...], backbone: list) -> list:
+    """HF names of the backbone sit under the model prefix (bert., transformer., ...) in every head class."""
+    prefix = PREFIX[family] if heads else ""
+    return [(lit, tuple(prefix + h for h in hf), kind) for lit, hf, kind in backbone]
+
+
+def to_hf(state: dict[str, torch.Tensor], rows) -> dict[str, torch.Tensor]:
+    out = {}
+    for lit, hf, kind in rows:
+        value = state[lit]
+        if kind.startswith("qkv"):
+            for name, part in zip(hf, value.chunk(3, dim=0)):
+                out[name] = part.t().contiguous() if kind == "qkvT" else part.clone()
+        else:
+            out[hf[0]] = value.t().contiguous() if kind == "T" else value.clone()
+    return out
+
+
+def from_hf(state: dict[str, torch.Tensor], rows, source) -> dict[str, torch.Tensor]:
+    out = {}
+    for lit, hf, kind in rows:
+        missing = [h for h in hf if h not in state]
+        if missing:
+            raise HFError(f"{source} lacks {missing[0]} (a {lit} weight); it does not hold the architecture its config names")
+        if kind.startswith("qkv"):
+            out[lit] = torch.cat([state[h] for h in hf], dim=0)
+        else:
+            out[lit] = state[hf[0]].t().contiguous() if kind == "T" else state[hf[0]]
+    return out
+
+
+# -- reading an HF directory --------------------------------------------------------------------------
+def is_hf_dir(path) -> bool:
+    return Path(path).is_dir() and (Path(path) / "config.json").is_file()
+
+
+def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """model.safetensors (or its shards), else pytorch_model.bin read with torch.load(weights_only=True)."""
+    index = directory / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    if all((directory / f).is_file() for f in files):
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise HFError(f"{directory} holds safetensors weights: pip install -e '.[hf]' (safetensors) to read them") from None
+        state = {}
+        for f in files:
+            try:
+                state.update(load_file(directory / f))
+            except Exception as e:  # safetensors raises its own error types for damaged files
+                raise HFError(f"{directory / f} cannot be read: {e}") from None
+        return state
+    if (directory / "pytorch_model.bin").is_file():
+        return read_checkpoint(directory / "pytorch_model.bin")
+    raise HFError(f"{directory} has config.json but no weights (model.safetensors or pytorch_model.bin)")
+
+
+@dataclass
+class HFModel:
+    """An HF model directory in lit_ptm's terms."""
+
+    directory: Path
+    family: str
+    config: ModelConfig
+    objective: str  # MaskedLM | CausalLM: the pretraining objective its heads belong to
+    pair_task: str  # none | nsp | sop
+    state_dict: dict[str, torch.Tensor]  # lit_ptm names: transformer.*, and the heads it holds
+    tokenizer: Tokenizer
+
+
+def read_hf_dir(directory) -> HFModel:
+    directory = Path(directory)
+    try:
+        hf_config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise HFError(f"{directory / 'config.json'} cannot be read as JSON: {e}") from None
+    family, config = config_from_hf(hf_config, directory / "config.json")
+    state = read_hf_weights(directory)
+    if not any(k.startswith(PREFIX[family]) for k in state):  # a bare model (BertModel): no prefix
+        state = {PREFIX[family] + k: v for k, v in state.items()}
+    lit = from_hf(state, prefixed(family, ("base",), backbone_table(family, config)), directory)
+    objective = "CausalLM" if family == "gpt2" else "MaskedLM"
+    heads = ["lm" if family == "gpt2" else "mlm"]
+    head_keys = {"bert": "cls.predictions.transform.dense.weight", "roberta": "lm_head.dense.weight",
+                 "albert": "predictions.dense.weight", "gpt2": "transformer.wte.weight"}
+    if head_keys[family] not in state:
+        heads = []  # a bare encoder: an MLM head would start fresh
+    pair_task = "none"
+    if family in HEADS["pair"] and all(hf[0] in state for _, hf, _ in head_rows(family, ("pair",), config)):
+        heads.append("pair")
+        pair_task = "nsp" if family == "bert" else "sop"
+    lit.update(from_hf(state, head_rows(family, tuple(heads), config), directory))
+    if heads and config.tie_word_embeddings:  # lit_ptm's LM head holds the tied table under its own name too
+        lit["lm_head.embedding.weight"] = lit["transformer.embeddings.tokens.weight"]
+    tokenizer_file = directory / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise HFError(f"{directory} has no tokenizer.json (lit_ptm reads fast tokenizers only; save one with "
+                      "AutoTokenizer.from_pretrained(...).save_pretrained(dir))")
+    tokenizer = Tokenizer.load(tokenizer_file)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise HFError(f"{tokenizer_file} has {tokenizer.vocab_size} tokens, more than the model's {config.vocab_size} embeddings")
+    if tokenizer.vocab_size < config.vocab_size:
+        raise HFError(f"{tokenizer_file} has {tokenizer.vocab_size} tokens but the model has {config.vocab_size} embeddings: "
+                      "lit_ptm needs them equal (resize the embeddings with HF first)")
+    return HFModel(directory, family, config, objective, pair_task, lit, tokenizer)
+
+
+# -- import: an HF directory as a lit_ptm run ---------------------------------------------------------
+def import_hf(source, out, overwrite: bool = False) -> Path:
+    """Writes RUN_DIR (last.ckpt, tokenizer.json, config.yaml) for ``--model.pretrained``, ``test --ckpt_path``."""
+    import lightning
+    import yaml
+
+    from lit_ptm.objectives.base import CHECKPOINT_FORMAT
+
+    out = Path(out)
+    if (out / "last.ckpt").exists() and not overwrite:
+        raise HFError(f"{out} already holds a run (last.ckpt): choose another --out or pass --overwrite")
+    model = read_hf_dir(source)
+    class_path = f"lit_ptm.objectives.{model.objective}"
+    config = dataclasses.replace(model.config, causal=model.objective == "CausalLM")
+    hparams = {"config": config.to_dict(), "pretrained": None, "_class_path": class_path}
+    if model.objective == "MaskedLM":
+        hparams["pair_task"] = model.pair_task
+    checkpoint = {
+        "state_dict": model.state_dict, "hyper_parameters": hparams, "epoch": 0, "global_step": 0,
+        "pytorch-lightning_version": lightning.__version__,
+        "lit_ptm": {"format": CHECKPOINT_FORMAT, "objective": model.objective, "backbone": "transformer", "family": model.family,
+                    "started_from": str(Path(source).resolve()), "model_config": config.to_dict(),
+                    "tokenizer_sha": model.tokenizer.sha, "weights_only": True},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "last.ckpt") as tmp:
+        torch.save(checkpoint, tmp)
+    model.tokenizer.save(out / "tokenizer.json")
+    recipe = {"model": {"class_path": class_path, "init_args": {k: v for k, v in hparams.items() if not k.startswith("_")}},
+              "data": {"class_path": "lit_ptm.data.PretrainDataModule",
+                       "init_args": {"tokenizer": str(out / "tokenizer.json"), "seq_length": min(512, config.max_length)}}}
+    with atomic_write(out / "config.yaml") as tmp:
+        tmp.write_text(f"# imported from {source} ({model.family}); continue with --model.pretrained {out}\n" + yaml.safe_dump(recipe))
+    return out
+
+
+# -- export: a lit_ptm run as an HF directory ---------------------------------------------------------
+def export_hf(source, out, overwrite: bool = False) -> tuple[Path, str]:
+    """Writes an HF model directory (safetensors, config.json, tokenizer files) from a run or checkpoint."""
+    try:
+        import transformers
+    except ImportError:
+        raise HFError("export needs transformers: pip install -e '.[hf]'") from None
+    from lit_ptm.pretrained import checkpoint_of, tokenizer_of
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise HFError(f"{out} exists and is not empty: choose another --out or pass --overwrite")
+    path = checkpoint_of(source, key="export")
+    raw = read_checkpoint(path)
+    meta = raw.get("lit_ptm")
+    if meta is None:
+        raise CheckpointError(f"{path} was not written by lit_ptm (no 'lit_ptm' entry)")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    config = ModelConfig(**{k: v for k, v in meta["model_config"].items() if k in fields})
+    hparams = raw.get("hyper_parameters", {})
+    family = meta.get("family") or family_of(config)
+    if family is None:
+        close = {f: mismatches(config, f) for f in FAMILIES}
+        nearest = min(close, key=lambda f: len(close[f]))
+        raise HFError(f"{path}: no HF architecture computes this model exactly; nearest {nearest}, which differs in "
+                      + "; ".join(close[nearest]))
+    if problems := mismatches(config, family):
+        raise HFError(f"{path}: recorded as {family}, but {'; '.join(problems)}")
+    objective, heads, extra = meta["objective"], (), {}
+    if objective == "MaskedLM":
+        heads = ("mlm", "pair") if hparams.get("pair_task", "none") != "none" else ("mlm",)
+    elif objective == "CausalLM":
+        heads = ("lm",)
+    elif objective == "SequenceClassification":
+        if hparams.get("pooling", "auto") == "mean":
+            raise HFError(f"{path}: model.pooling=mean has no HF counterpart (HF pools [CLS] or the last token)")
+        if family == "gpt2":
+            raise HFError(f"{path}: GPT-2's sequence-classification head is one linear layer without bias; lit_ptm's "
+                          "pooled head (dense + tanh + linear) has no exact counterpart")
+        heads = ("classify",)
+        if hparams.get("regression"):
+            extra = {"num_labels": 1, "problem_type": "regression"}
+        else:
+            labels = hparams["labels"]
+            extra = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)},
+                     "problem_type": "single_label_classification"}
+    elif objective == "TokenClassification":
+        labels = hparams["labels"]
+        heads, extra = ("tag",), {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
+    elif objective == "ExtractiveQA":
+        heads = ("qa",)
+    else:
+        raise HFError(f"{path}: a {objective} run has no HF counterpart to export to")
+    key = (family, "mlm+pair" if heads == ("mlm", "pair") else heads[0])
+    if key not in HF_CLASSES:
+        raise HFError(f"{path}: a {family} model with the {' + '.join(heads)} head has no HF class")
+    tokenizer_file = tokenizer_of(path)
+    tokenizer = Tokenizer.load(tokenizer_file) if tokenizer_file else None
+    if tokenizer is None:
+        raise HFError(f"{path}: no tokenizer.json beside it; an HF directory needs its tokenizer")
+    state = {k: v for k, v in raw["state_dict"].items()}
+    backbone = meta.get("backbone", "transformer")
+    if backbone != "transformer":
+        state = {("transformer." + k[len(backbone) + 1:] if k.startswith(backbone + ".") else k): v for k, v in state.items()}
+    if family == "albert" and config.share == "all":
+        state = {re.sub(r"^transformer\.blocks\.\d+\.", "transformer.blocks.0.", k): v for k, v in state.items()}
+    hf_config = {**config_to_hf(config, family, tokenizer), **extra}
+    if family in ("roberta", "bert", "albert"):  # lit_ptm's RoBERTa may have no segments, HF's has one
+        if config.type_vocab_size == 0:
+            state["transformer.embeddings.token_types.weight"] = torch.zeros(1, config.embed_size)
+    if family == "roberta":
+        shift, _ = roberta_rows(config, hf_config["pad_token_id"])
+        table = state["transformer.embeddings.positions.weight"]
+        state["transformer.embeddings.positions.weight"] = (
+            torch.cat([table.new_zeros(shift, table.size(1)), table]) if shift >= 0 else table[-shift:])
+    rows = prefixed(family, heads, backbone_table(family, config)) + head_rows(family, heads, config)
+    if family == "albert" and config.share == "all":
+        rows = [r for r in rows if not re.match(r"transformer\.blocks\.[1-9]", r[0])]
+    hf_state = to_hf(state, rows)
+    model_type = hf_config.pop("model_type")
+    hf_cfg = transformers.AutoConfig.for_model(model_type, **hf_config)
+    model = getattr(transformers, HF_CLASSES[key])(hf_cfg)
+    unexpected = model.load_state_dict(hf_state, strict=False).unexpected_keys
+    # named_parameters lists a tied parameter once (the embedding, not the decoder that shares it), and
+    # buffers are HF's own: every parameter listed must have come from the table.
+    not_written = [name for name, _ in model.named_parameters() if name not in hf_state]
+    if unexpected or not_written:
+        raise HFError(f"internal mapping error for {family} {'+'.join(heads)}: unexpected {unexpected[:5]}, missing {not_written[:5]}")
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    model.save_pretrained(out, safe_serialization=True)
+    write_hf_tokenizer(tokenizer, out, family)
+    return out, HF_CLASSES[key]
+
+
+def write_hf_tokenizer(tokenizer: Tokenizer, out: Path, family: str) -> None:
+    """tokenizer.json with the roles of its special tokens, for AutoTokenizer.from_pretrained."""
+    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    rust = RustTokenizer.from_str(tokenizer.hf.to_str())
+    names = {role: rust.id_to_token(getattr(tokenizer.ids, role)) for role in ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
+             if getattr(tokenizer.ids, role) is not None}
+    if family != "gpt2" and "cls" in names and "sep" in names:  # tokenizer(text) adds [CLS] ... [SEP] as HF users expect
+        cls, sep = names["cls"], names["sep"]
+        rust.post_processor = TemplateProcessing(
+            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+            special_tokens=[(cls, tokenizer.ids.cls), (sep, tokenizer.ids.sep)],
+        )
+    rust.save(str(out / "tokenizer.json"))
+    roles = {f"{role}_token": token for role, token in names.items()}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": None, **roles}
+    (out / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}, indent=1))
+    (out / ROLE_FILES[0]).write_text(json.dumps(roles, indent=1))
+
+
+# -- `lit-ptm import` / `lit-ptm export` ---------------------------------------------------------------
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="lit-ptm", description="HF transformers import / export")
+    sub = parser.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="an HF model directory (BERT, RoBERTa, ALBERT, GPT-2) as a lit_ptm run directory")
+    imp.add_argument("source", help="local HF model directory (config.json, model.safetensors or pytorch_model.bin, tokenizer.json)")
+    imp.add_argument("--out", required=True, help="the run directory to write")
+    imp.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    exp = sub.add_parser("export", help="a lit_ptm run (directory or .ckpt) as an HF model directory")
+    exp.add_argument("source", help="run directory (its last.ckpt) or .ckpt file")
+    exp.add_argument("--out", required=True, help="the HF directory to write (safetensors)")
+    exp.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    args = parser.parse_args(argv)
+    if args.command == "import":
+        if not is_hf_dir(args.source):
+            raise HFError(f"{args.source} is not an HF model directory (no config.json)")
+        out = import_hf(args.source, args.out, args.overwrite)
+        print(f"imported {args.source} into {out}: continue pretraining or fine-tune with --model.pretrained {out}")
+    else:
+        out, cls = export_hf(args.source, args.out, args.overwrite)
+        print(f"exported {args.source} to {out} ({cls}); load it with transformers.AutoModel...from_pretrained({str(out)!r})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
