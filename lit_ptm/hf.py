@@ -318,6 +318,8 @@ def read_hf_dir(directory) -> HFModel:
         raise HFError(f"{directory / 'config.json'} cannot be read as JSON: {e}") from None
     family, config = config_from_hf(hf_config, directory / "config.json")
     state = read_hf_weights(directory)
+    # Checkpoints from TF-era conversions (bert-base-uncased's pytorch_model.bin) name LayerNorm parameters gamma / beta.
+    state = {re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", k)): v for k, v in state.items()}
     if not any(k.startswith(PREFIX[family]) for k in state):  # a bare model (BertModel): no prefix
         state = {PREFIX[family] + k: v for k, v in state.items()}
     lit = from_hf(state, prefixed(family, ("base",), backbone_table(family, config)), directory)

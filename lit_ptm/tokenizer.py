@@ -73,8 +73,20 @@ class SpecialIds:
         return keep.nonzero().squeeze(1)
 
 
+# The special tokens HF's slow tokenizer classes assume when their files do not name them (older
+# released checkpoints, e.g. bert-base-uncased, list none in tokenizer_config.json).
+CLASS_DEFAULTS = {
+    "Bert": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
+    "Roberta": {"bos": "<s>", "eos": "</s>", "sep": "</s>", "cls": "<s>", "unk": "<unk>", "pad": "<pad>", "mask": "<mask>"},
+    "Albert": {"bos": "[CLS]", "eos": "[SEP]", "unk": "<unk>", "sep": "[SEP]", "pad": "<pad>", "cls": "[CLS]", "mask": "[MASK]"},
+    "GPT2": {"bos": "<|endoftext|>", "eos": "<|endoftext|>", "unk": "<|endoftext|>"},
+}
+
+
 def read_roles(directory: Path) -> dict[str, str] | None:
-    """Role -> token of an HF tokenizer directory (special_tokens_map.json, else tokenizer_config.json), or None."""
+    """Role -> token of an HF tokenizer directory, or None when it has no role files: special_tokens_map.json
+    first, then tokenizer_config.json, then the defaults of its tokenizer_class."""
+    found, tokenizer_class = [], ""
     for name in ROLE_FILES:
         path = directory / name
         if path.is_file():
@@ -82,15 +94,22 @@ def read_roles(directory: Path) -> dict[str, str] | None:
                 data = json.loads(path.read_text(encoding="utf-8"))
             except (ValueError, UnicodeDecodeError) as e:
                 raise TokenizerError(f"{path} is not valid JSON: {e}") from None
-            roles = {}
-            for role in ROLES:
-                value = data.get(f"{role}_token")
-                if isinstance(value, dict):  # an AddedToken, serialised
-                    value = value.get("content")
-                if isinstance(value, str):
-                    roles[role] = value
-            return roles
-    return None
+            found.append(data)
+            tokenizer_class = tokenizer_class or str(data.get("tokenizer_class") or "")
+    if not found:
+        return None
+    roles = {}
+    for data in found:
+        for role in ROLES:
+            value = data.get(f"{role}_token")
+            if isinstance(value, dict):  # an AddedToken, serialised
+                value = value.get("content")
+            if isinstance(value, str) and role not in roles:
+                roles[role] = value
+    family = next((f for f in CLASS_DEFAULTS if tokenizer_class.startswith(f + "Tokenizer")), None)
+    for role, token in CLASS_DEFAULTS.get(family, {}).items():
+        roles.setdefault(role, token)
+    return roles
 
 
 class Tokenizer:

@@ -357,3 +357,27 @@ def test_import_and_export_are_lit_ptm_subcommands(tmp_path):
     assert (tmp_path / "back" / "model.safetensors").is_file() and (tmp_path / "back" / "tokenizer.json").is_file()
     r = run_module(["export", str(tmp_path / "run"), "--out", str(tmp_path / "back")])
     assert r.returncode == 2 and "exists and is not empty" in r.stderr
+
+
+def test_a_tf_era_bert_directory_reads_like_a_released_one(tmp_path):
+    """bert-base-uncased as released: pytorch_model.bin (read with weights_only=True) whose LayerNorms are
+    gamma / beta, and a tokenizer_config.json that names no special tokens (BertTokenizer's defaults hold)."""
+    from lit_ptm.pretrained import load_pretrained
+
+    hf_dir = tmp_path / "bert"
+    model, tok = hf_model("bert", hf_dir)
+    state = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+             for k, v in model.state_dict().items()}
+    assert any(k.endswith("gamma") for k in state)
+    (hf_dir / "model.safetensors").unlink()
+    torch.save(state, hf_dir / "pytorch_model.bin")
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True}))
+    (hf_dir / "special_tokens_map.json").unlink(missing_ok=True)
+    ours = Tokenizer.load(hf_dir / "tokenizer.json")
+    assert (ours.ids.cls, ours.ids.sep, ours.ids.mask, ours.ids.pad) == (tok.cls_token_id, tok.sep_token_id, tok.mask_token_id,
+                                                                          tok.pad_token_id)
+    ids, mask, types = batch(tok, "bert")
+    logits, pair = lit_logits(lit_module(load_pretrained(hf_dir)), "bert", ids, mask, types)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+    assert (logits[mask.bool()] - out.prediction_logits[mask.bool()]).abs().max().item() < 1e-5
