@@ -40,7 +40,7 @@ FAMILY_FLAGS: dict[str, dict] = {
     "gpt2": {"norm_position": "pre", "embedding_norm": False, "final_norm": True, "lm_head_transform": False,
              "lm_head_bias": False, "share": "none", "position_offset": 0, "type_vocab_size": 0},
 }
-COMMON_FLAGS = {"bias": True, "tie_word_embeddings": True, "position_embedding": "learned"}
+COMMON_FLAGS = {"bias": True, "position_embedding": "learned"}
 
 
 class HFError(LitPtmError):
@@ -60,8 +60,8 @@ def mismatches(config: ModelConfig, family: str) -> list[str]:
         out.append(f"model.config.embedding_size={config.embedding_size} ({family} has no factorised embeddings)")
     if family == "bert" and config.type_vocab_size < 1:
         out.append("model.config.type_vocab_size=0 (bert has segment embeddings; without them it is roberta)")
-    if family == "roberta" and config.type_vocab_size > 1:
-        out.append(f"model.config.type_vocab_size={config.type_vocab_size} (roberta has one segment)")
+    if family == "roberta" and config.activation != "gelu":
+        out.append(f"model.config.activation={config.activation!r} (roberta's LM head applies gelu whatever its hidden_act)")
     return out
 
 
@@ -71,10 +71,10 @@ def family_of(config: ModelConfig) -> str | None:
         candidates = ["gpt2"]
     elif config.embedding_size is not None:
         candidates = ["albert"]
-    elif config.position_offset or config.type_vocab_size <= 1:
+    elif config.position_offset or config.type_vocab_size == 0:
         candidates = ["roberta", "bert"]
     else:
-        candidates = ["bert"]
+        candidates = ["bert", "roberta"]
     return next((f for f in candidates if not mismatches(config, f)), None)
 
 
@@ -98,8 +98,14 @@ def config_from_hf(hf: dict, source) -> tuple[str, ModelConfig]:
             norm_eps=hf.get("layer_norm_epsilon", 1e-5), activation=ACT_FROM_HF[act], dropout=hf.get("resid_pdrop", 0.1),
             attention_dropout=hf.get("attn_pdrop", 0.1), init_std=hf.get("initializer_range", 0.02),
             tie_word_embeddings=hf.get("tie_word_embeddings", True), scale_residual_init=True, causal=True,
-            **{k: v for k, v in FAMILY_FLAGS["gpt2"].items()},
+            **FAMILY_FLAGS["gpt2"],
         )
+    for key in ("is_decoder", "add_cross_attention"):
+        if hf.get(key):
+            raise HFError(f"{source}: {key}=true (a causal or cross-attending {family}) is not mapped: lit_ptm reads {family} as an encoder")
+    if family == "roberta" and ACT_FROM_HF[act] != "gelu":
+        raise HFError(f"{source}: hidden_act={act!r}: RoBERTa's LM head applies gelu whatever hidden_act says, lit_ptm's "
+                      "applies the model's activation; not mapped")
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise HFError(f"{source}: position_embedding_type={hf['position_embedding_type']!r} is not mapped (absolute only)")
     share = "none"
@@ -124,7 +130,7 @@ def config_from_hf(hf: dict, source) -> tuple[str, ModelConfig]:
 def config_to_hf(config: ModelConfig, family: str, tokenizer: Tokenizer | None) -> dict:
     ids = tokenizer.ids if tokenizer is not None else None
     special = {f"{r}_token_id": getattr(ids, r) for r in ("pad", "bos", "eos")} if ids is not None else {}
-    common = {"vocab_size": config.vocab_size, "initializer_range": config.init_std, "tie_word_embeddings": True}
+    common = {"vocab_size": config.vocab_size, "initializer_range": config.init_std, "tie_word_embeddings": config.tie_word_embeddings}
     if family == "gpt2":
         return {**common, **special, "model_type": "gpt2", "n_embd": config.hidden_size, "n_layer": config.num_layers,
                 "n_head": config.num_heads, "n_inner": config.ffn_size, "n_positions": config.max_position_embeddings,
@@ -154,7 +160,7 @@ def roberta_rows(config: ModelConfig, pad_id: int) -> tuple[int, int]:
 
 # -- parameter tables --------------------------------------------------------------------------------
 # Each row: (lit_ptm name, HF names, kind). kind: "" copies, "T" transposes (GPT-2's Conv1D), "qkv" joins
-# three HF matrices into lit_ptm's fused projection (or splits it), "qkvT" does both.
+# three HF matrices into lit_ptm's fused projection (or splits it).
 def backbone_table(family: str, config: ModelConfig) -> list[tuple[str, tuple[str, ...], str]]:
     rows: list[tuple[str, tuple[str, ...], str]] = []
 
@@ -237,6 +243,8 @@ def head_rows(family: str, heads: tuple[str, ...], config: ModelConfig) -> list[
         if not config.tie_word_embeddings:
             decoder = {"bert": "cls.predictions.decoder", "roberta": "lm_head.decoder", "albert": "predictions.decoder", "gpt2": "lm_head"}
             rows.append(("lm_head.weight", (f"{decoder[family]}.weight",), ""))
+            if family in LM_BIAS:  # untied, HF's decoder has a bias of its own, and its forward adds that one
+                rows.append(("lm_head.bias", (f"{decoder[family]}.bias",), ""))
     return rows
 
 
@@ -250,9 +258,9 @@ def to_hf(state: dict[str, torch.Tensor], rows) -> dict[str, torch.Tensor]:
     out = {}
     for lit, hf, kind in rows:
         value = state[lit]
-        if kind.startswith("qkv"):
+        if kind == "qkv":
             for name, part in zip(hf, value.chunk(3, dim=0)):
-                out[name] = part.t().contiguous() if kind == "qkvT" else part.clone()
+                out[name] = part.clone()
         else:
             out[hf[0]] = value.t().contiguous() if kind == "T" else value.clone()
     return out
@@ -264,7 +272,7 @@ def from_hf(state: dict[str, torch.Tensor], rows, source) -> dict[str, torch.Ten
         missing = [h for h in hf if h not in state]
         if missing:
             raise HFError(f"{source} lacks {missing[0]} (a {lit} weight); it does not hold the architecture its config names")
-        if kind.startswith("qkv"):
+        if kind == "qkv":
             out[lit] = torch.cat([state[h] for h in hf], dim=0)
         else:
             out[lit] = state[hf[0]].t().contiguous() if kind == "T" else state[hf[0]]
@@ -292,8 +300,13 @@ def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
             except Exception as e:  # safetensors raises its own error types for damaged files
                 raise HFError(f"{directory / f} cannot be read: {e}") from None
         return state
-    if (directory / "pytorch_model.bin").is_file():
-        return read_checkpoint(directory / "pytorch_model.bin")
+    bin_index = directory / "pytorch_model.bin.index.json"
+    bins = sorted(set(json.loads(bin_index.read_text())["weight_map"].values())) if bin_index.is_file() else ["pytorch_model.bin"]
+    if all((directory / f).is_file() for f in bins):
+        state = {}
+        for f in bins:
+            state.update(read_checkpoint(directory / f))
+        return state
     raise HFError(f"{directory} has config.json but no weights (model.safetensors or pytorch_model.bin)")
 
 
@@ -333,6 +346,10 @@ def read_hf_dir(directory) -> HFModel:
     if family in HEADS["pair"] and all(hf[0] in state for _, hf, _ in head_rows(family, ("pair",), config)):
         heads.append("pair")
         pair_task = "nsp" if family == "bert" else "sop"
+    if not config.tie_word_embeddings and family in LM_BIAS:  # older untied heads kept one bias, under LM_BIAS's name
+        decoder = {"bert": "cls.predictions.decoder.bias", "roberta": "lm_head.decoder.bias", "albert": "predictions.decoder.bias"}[family]
+        if decoder not in state and LM_BIAS[family] in state:
+            state[decoder] = state[LM_BIAS[family]]
     lit.update(from_hf(state, head_rows(family, tuple(heads), config), directory))
     if heads and config.tie_word_embeddings:  # lit_ptm's LM head holds the tied table under its own name too
         lit["lm_head.embedding.weight"] = lit["transformer.embeddings.tokens.weight"]
@@ -361,6 +378,9 @@ def import_hf(source, out, overwrite: bool = False) -> Path:
     if (out / "last.ckpt").exists() and not overwrite:
         raise HFError(f"{out} already holds a run (last.ckpt): choose another --out or pass --overwrite")
     model = read_hf_dir(source)
+    if "lm_head.transform.0.weight" not in model.state_dict and model.family != "gpt2":
+        raise HFError(f"{source} holds no MLM head (a bare encoder or a fine-tuned checkpoint), so it is no {model.objective} "
+                      f"run to import; use it directly: --model.pretrained {source} (a new head starts fresh)")
     class_path = f"lit_ptm.objectives.{model.objective}"
     config = dataclasses.replace(model.config, causal=model.objective == "CausalLM")
     hparams = {"config": config.to_dict(), "pretrained": None, "_class_path": class_path}
@@ -445,7 +465,7 @@ def export_hf(source, out, overwrite: bool = False) -> tuple[Path, str]:
     tokenizer = Tokenizer.load(tokenizer_file) if tokenizer_file else None
     if tokenizer is None:
         raise HFError(f"{path}: no tokenizer.json beside it; an HF directory needs its tokenizer")
-    state = {k: v for k, v in raw["state_dict"].items()}
+    state = dict(raw["state_dict"])
     backbone = meta.get("backbone", "transformer")
     if backbone != "transformer":
         state = {("transformer." + k[len(backbone) + 1:] if k.startswith(backbone + ".") else k): v for k, v in state.items()}
@@ -490,13 +510,15 @@ def write_hf_tokenizer(tokenizer: Tokenizer, out: Path, family: str) -> None:
              if getattr(tokenizer.ids, role) is not None}
     if family != "gpt2" and "cls" in names and "sep" in names:  # tokenizer(text) adds [CLS] ... [SEP] as HF users expect
         cls, sep = names["cls"], names["sep"]
+        pair = f"{cls} $A {sep} {sep} $B {sep}" if family == "roberta" else f"{cls} $A {sep} $B:1 {sep}:1"  # each family's own
         rust.post_processor = TemplateProcessing(
-            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
-            special_tokens=[(cls, tokenizer.ids.cls), (sep, tokenizer.ids.sep)],
+            single=f"{cls} $A {sep}", pair=pair, special_tokens=[(cls, tokenizer.ids.cls), (sep, tokenizer.ids.sep)],
         )
     rust.save(str(out / "tokenizer.json"))
     roles = {f"{role}_token": token for role, token in names.items()}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": None, **roles}
+    if family in ("bert", "albert"):  # segment ids reach the model (PreTrainedTokenizerFast omits them otherwise)
+        config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
     (out / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}, indent=1))
     (out / ROLE_FILES[0]).write_text(json.dumps(roles, indent=1))
 

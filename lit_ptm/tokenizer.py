@@ -96,8 +96,10 @@ def read_roles(directory: Path) -> dict[str, str] | None:
                 raise TokenizerError(f"{path} is not valid JSON: {e}") from None
             found.append(data)
             tokenizer_class = tokenizer_class or str(data.get("tokenizer_class") or "")
-    if not found:
-        return None
+    if not found:  # an HF model directory's tokenizer.json alone: the defaults of its model_type
+        model_type = json.loads((directory / "config.json").read_text()).get("model_type") if (directory / "config.json").is_file() else None
+        family = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert", "gpt2": "GPT2"}.get(model_type)
+        return dict(CLASS_DEFAULTS[family]) if family else None
     roles = {}
     for data in found:
         for role in ROLES:

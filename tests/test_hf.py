@@ -44,24 +44,26 @@ def hf_tokenizer(family, directory):
     return fast
 
 
-def hf_model(family, directory, seed=0):
+def hf_model(family, directory, seed=0, **overrides):
     """A random tiny HF model of ``family`` with its pretraining heads, saved (safetensors) with its tokenizer."""
     torch.manual_seed(seed)
     tok = hf_tokenizer(family, directory)
     V = len(tok)
     if family == "gpt2":
-        config = transformers.GPT2Config(vocab_size=V, n_embd=64, n_layer=2, n_head=2, n_inner=96, n_positions=40,
-                                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+        config = transformers.GPT2Config(**{"vocab_size": V, "n_embd": 64, "n_layer": 2, "n_head": 2, "n_inner": 96, "n_positions": 40,
+                                            "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, **overrides})
         model = transformers.GPT2LMHeadModel(config)
     elif family == "bert":
-        model = transformers.BertForPreTraining(transformers.BertConfig(vocab_size=V, type_vocab_size=2, pad_token_id=tok.pad_token_id, **TINY))
+        config = transformers.BertConfig(**{"vocab_size": V, "type_vocab_size": 2, "pad_token_id": tok.pad_token_id, **TINY, **overrides})
+        model = transformers.BertForPreTraining(config) if config.type_vocab_size >= 2 else transformers.BertForMaskedLM(config)
     elif family == "roberta":
-        config = transformers.RobertaConfig(vocab_size=V, type_vocab_size=1, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                                            eos_token_id=tok.eos_token_id, **{**TINY, "max_position_embeddings": 42})
+        config = transformers.RobertaConfig(**{"vocab_size": V, "type_vocab_size": 1, "pad_token_id": tok.pad_token_id,
+                                               "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+                                               **TINY, "max_position_embeddings": 42, **overrides})
         model = transformers.RobertaForMaskedLM(config)
     else:
-        config = transformers.AlbertConfig(vocab_size=V, embedding_size=32, type_vocab_size=2, pad_token_id=tok.pad_token_id,
-                                           hidden_act="gelu_new", **TINY)
+        config = transformers.AlbertConfig(**{"vocab_size": V, "embedding_size": 32, "type_vocab_size": 2, "pad_token_id": tok.pad_token_id,
+                                              "hidden_act": "gelu_new", **TINY, **overrides})
         model = transformers.AlbertForPreTraining(config)
     with torch.no_grad():  # every parameter random (norms and biases too), so that no mapping hides behind 1s and 0s
         for p in model.parameters():
@@ -102,13 +104,23 @@ def lit_module(pretrained):
     return module.eval()
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "albert", "gpt2"])
-def test_hf_to_lit_ptm_logits_match_and_round_trip_is_exact(family, tmp_path):
+VARIANTS = [  # beyond each family's defaults: settings whose mapping differs
+    ("bert", {"tie_word_embeddings": False}), ("gpt2", {"tie_word_embeddings": False}), ("bert", {"type_vocab_size": 1}),
+    ("bert", {"hidden_act": "relu", "layer_norm_eps": 1e-7}), ("roberta", {"type_vocab_size": 2}), ("roberta", {"tie_word_embeddings": False}),
+    ("albert", {"embedding_size": 64}), ("albert", {"num_hidden_groups": 2}), ("gpt2", {"n_inner": None, "activation_function": "relu"}),
+]
+
+
+@pytest.mark.parametrize("family, overrides", [(f, {}) for f in ("bert", "roberta", "albert", "gpt2")] + VARIANTS,
+                         ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={x}" for k, x in v.items()) or "default")
+def test_hf_to_lit_ptm_logits_match_and_round_trip_is_exact(family, overrides, tmp_path):
     from lit_ptm.pretrained import load_pretrained
 
     hf_dir = tmp_path / "hf"
-    model, tok = hf_model(family, hf_dir)
+    model, tok = hf_model(family, hf_dir, **overrides)
     ids, mask, types = batch(tok, family)
+    if overrides.get("type_vocab_size") == 1:
+        types = None  # one segment
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, **({"token_type_ids": types} if types is not None else {}))
     module = lit_module(load_pretrained(hf_dir))
@@ -116,7 +128,7 @@ def test_hf_to_lit_ptm_logits_match_and_round_trip_is_exact(family, tmp_path):
     expected = out.logits if hasattr(out, "logits") and out.logits is not None else out.prediction_logits
     real = mask.bool()
     assert (logits[real] - expected[real]).abs().max().item() < 1e-5
-    if family in ("bert", "albert"):
+    if pair is not None:
         hf_pair = out.seq_relationship_logits if family == "bert" else out.sop_logits
         assert (pair - hf_pair).abs().max().item() < 1e-5
     # The imported tokenizer encodes text to HF's ids, and its roles are HF's tokens.
@@ -133,7 +145,10 @@ def test_hf_to_lit_ptm_logits_match_and_round_trip_is_exact(family, tmp_path):
     again = getattr(transformers, cls).from_pretrained(back).eval()
     original, returned = model.state_dict(), again.state_dict()
     assert original.keys() == returned.keys()
-    for key in original:
+    # Untied, HF's BERT / RoBERTa heads keep a second bias that their forward never reads (the decoder's own is
+    # read): lit_ptm keeps the one that computes, and writes it to both.
+    unused = {"cls.predictions.bias", "lm_head.bias"} if overrides.get("tie_word_embeddings") is False and family != "gpt2" else set()
+    for key in original.keys() - unused:
         assert torch.equal(original[key], returned[key]), key
     assert transformers.AutoTokenizer.from_pretrained(back)(SENTENCES[0], add_special_tokens=False)["input_ids"] == \
         tok(SENTENCES[0], add_special_tokens=False)["input_ids"]
@@ -381,3 +396,39 @@ def test_a_tf_era_bert_directory_reads_like_a_released_one(tmp_path):
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, token_type_ids=types)
     assert (logits[mask.bool()] - out.prediction_logits[mask.bool()]).abs().max().item() < 1e-5
+
+
+def test_hf_settings_lit_ptm_cannot_compute_exactly_are_refused_on_import(tmp_path):
+    for family, overrides, message in (("roberta", {"hidden_act": "relu"}, "RoBERTa's LM head applies gelu"),
+                                       ("bert", {"is_decoder": True}, "is_decoder=true"),
+                                       ("albert", {"num_hidden_groups": 2, "num_hidden_layers": 4}, "num_hidden_groups=2")):
+        hf_model(family, tmp_path / family, **overrides)
+        with pytest.raises(HFError, match=message):
+            read_hf_dir(tmp_path / family)
+    # A bare encoder (no MLM head) is no MLM run to import; --model.pretrained takes it (a head starts fresh).
+    bare = tmp_path / "bare"
+    hf_tokenizer("bert", bare)
+    transformers.BertModel(transformers.BertConfig(vocab_size=len(Tokenizer.load(bare / "tokenizer.json").hf.get_vocab()), **TINY)).save_pretrained(bare)
+    with pytest.raises(HFError, match="holds no MLM head"):
+        import_hf(bare, tmp_path / "run")
+    assert read_hf_dir(bare).state_dict["transformer.blocks.1.ffn.up.weight"].shape == (96, 64)
+
+
+def test_roles_from_the_model_type_when_the_directory_names_none(tmp_path):
+    hf_dir = tmp_path / "roberta"
+    _, tok = hf_model("roberta", hf_dir)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        (hf_dir / name).unlink(missing_ok=True)
+    ours = Tokenizer.load(hf_dir / "tokenizer.json")
+    assert ours.vocab_size == len(tok) and (ours.ids.cls, ours.ids.mask, ours.ids.pad) == (tok.cls_token_id, tok.mask_token_id, tok.pad_token_id)
+
+
+def test_extractive_qa_names_the_tokens_gpt2_lacks(tmp_path, cache_dir):
+    """QA windows are [CLS] question [SEP] context [SEP] for causal models too: GPT-2's tokenizer has neither."""
+    hf_model("gpt2", tmp_path / "gpt2")
+    from lit_ptm.tokenizer import TokenizerError
+
+    with pytest.raises(TokenizerError, match="has no cls / sep token, which fine-tuning a causal model needs"):
+        run_cli(["fit", "--config", str(CONFIGS / "finetune/qa.yaml"), "--config", str(CONFIGS / "finetune/tiny.yaml"),
+                 "--model.init_args.pretrained", str(tmp_path / "gpt2"), "--trainer.default_root_dir", str(tmp_path / "qa"),
+                 "--trainer.enable_progress_bar", "false"])

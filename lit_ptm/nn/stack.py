@@ -23,7 +23,8 @@ class Embeddings(nn.Module):
         self.token_types = nn.Embedding(config.type_vocab_size, E) if config.type_vocab_size else None
         self.norm = nn.LayerNorm(E, eps=config.norm_eps) if config.embedding_norm else None
         self.dropout = nn.Dropout(config.dropout)
-        self.project = nn.Linear(E, config.hidden_size) if E != config.hidden_size else None
+        # Factorised (ALBERT): always projected, also where E == H, as HF's ALBERT is.
+        self.project = nn.Linear(E, config.hidden_size) if config.embedding_size is not None else None
 
     def forward(self, input_ids, position_ids=None, token_type_ids=None) -> torch.Tensor:
         T = input_ids.size(1)

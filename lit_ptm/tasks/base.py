@@ -57,6 +57,8 @@ class FinetuneTask(L.LightningModule):
         self._run = None  # the pretrained run, read once (see architecture())
         self._predictions: list[dict] = []
 
+    special_roles: tuple[str, ...] = ()  # the special tokens its inputs need; () for the pooled layouts' defaults
+
     @property
     def labels_known(self) -> bool:
         return True
@@ -111,8 +113,7 @@ class FinetuneTask(L.LightningModule):
             if self.freeze_embeddings:
                 self.transformer.embeddings.requires_grad_(False)
         if tokenizer is not None:
-            roles = ("eos",) if self.config.causal else ("cls", "sep")  # the layouts of tasks.features
-            tokenizer.require(*roles, purpose=f"fine-tuning a {'causal' if self.config.causal else 'bidirectional'} model")
+            self.require_special_tokens(tokenizer)
         if tokenizer is not None and tokenizer.vocab_size != self.config.vocab_size:
             raise CheckpointMismatchError(
                 f"the model's vocabulary ({self.config.vocab_size}) does not match the tokenizer "
@@ -124,6 +125,13 @@ class FinetuneTask(L.LightningModule):
                 f"data.max_length={max_length} exceeds the model's {self.config.max_length} positions "
                 f"(max_position_embeddings={self.config.max_position_embeddings}, position_offset={self.config.position_offset})"
             )
+
+    def require_special_tokens(self, tokenizer) -> None:
+        """The special tokens this task's inputs are laid out with (tasks.features) must be in the tokenizer;
+        checked before any feature is built."""
+        causal = self.architecture().causal
+        roles = self.special_roles or (("eos",) if causal else ("cls", "sep"))
+        tokenizer.require(*roles, purpose=f"fine-tuning a {'causal' if causal else 'bidirectional'} model")
 
     def build_head(self, pretrained_state: dict[str, torch.Tensor]) -> None:
         raise NotImplementedError

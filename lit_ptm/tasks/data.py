@@ -117,6 +117,8 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
             self.files = {**self.files, **{k: str(v) for k, v in demo.items() if self.files.get(k) is None}}
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}.get(stage, SPLITS)
         module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is not None:
+            module.require_special_tokens(self.tokenizer)
         for split in ("train", *wanted):  # the training records come first: they define the label set
             if split in self.datasets or self.files[split] is None:
                 continue

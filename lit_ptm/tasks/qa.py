@@ -43,6 +43,8 @@ class ExtractiveQA(FinetuneTask):
         nn.init.zeros_(self.head.bias)
         self.squad = nn.ModuleDict({"val_": SQuAD(), "test_": SQuAD()})
 
+    special_roles = ("cls", "sep")  # [CLS] question [SEP] context [SEP], for causal models too
+
     def text_fields(self, data) -> tuple[str, ...]:
         return (data.question_field, data.context_field)
 
