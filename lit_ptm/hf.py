@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from lit_ptm.callbacks import CheckpointError, read_checkpoint
+from lit_ptm.callbacks import read_checkpoint
 from lit_ptm.errors import LitPtmError
 from lit_ptm.nn import ModelConfig
 from lit_ptm.rundir import atomic_write
@@ -412,18 +412,13 @@ def export_hf(source, out, overwrite: bool = False) -> tuple[Path, str]:
         import transformers
     except ImportError:
         raise HFError("export needs transformers: pip install -e '.[hf]'") from None
-    from lit_ptm.pretrained import checkpoint_of, tokenizer_of
+    from lit_ptm.pretrained import read_run, tokenizer_of
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise HFError(f"{out} exists and is not empty: choose another --out or pass --overwrite")
-    path = checkpoint_of(source, key="export")
-    raw = read_checkpoint(path)
-    meta = raw.get("lit_ptm")
-    if meta is None:
-        raise CheckpointError(f"{path} was not written by lit_ptm (no 'lit_ptm' entry)")
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    config = ModelConfig(**{k: v for k, v in meta["model_config"].items() if k in fields})
+    path, raw, config = read_run(source, key="export")
+    meta = raw["lit_ptm"]
     hparams = raw.get("hyper_parameters", {})
     family = meta.get("family") or family_of(config)
     if family is None:

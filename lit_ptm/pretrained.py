@@ -56,6 +56,17 @@ def tokenizer_of(path: str | Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def read_run(path: str | Path, key: str = "model.pretrained") -> tuple[Path, dict, ModelConfig]:
+    """A lit_ptm run's checkpoint (its directory or the file), read safely: the file, its content, its model config."""
+    checkpoint = checkpoint_of(path, key)
+    raw = read_checkpoint(checkpoint)
+    meta = raw.get("lit_ptm")
+    if meta is None:
+        raise CheckpointMismatchError(f"{key}={checkpoint} was not written by lit_ptm (no 'lit_ptm' entry)")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    return checkpoint, raw, ModelConfig(**{k: v for k, v in meta["model_config"].items() if k in fields})
+
+
 def load_pretrained(path: str | Path) -> Pretrained:
     """A lit_ptm run (directory or .ckpt) or a local HF model directory (BERT, RoBERTa, ALBERT, GPT-2)."""
     from lit_ptm.hf import is_hf_dir, read_hf_dir
@@ -64,13 +75,8 @@ def load_pretrained(path: str | Path) -> Pretrained:
         hf = read_hf_dir(path)
         return Pretrained(checkpoint=hf.directory, objective=hf.objective, config=hf.config, state_dict=hf.state_dict,
                           backbone="transformer", tokenizer_sha=hf.tokenizer.sha)
-    checkpoint = checkpoint_of(path)
-    raw = read_checkpoint(checkpoint)
-    meta = raw.get("lit_ptm")
-    if meta is None:
-        raise CheckpointMismatchError(f"model.pretrained={checkpoint} was not written by lit_ptm (no 'lit_ptm' entry)")
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    config = ModelConfig(**{k: v for k, v in meta["model_config"].items() if k in fields})
+    checkpoint, raw, config = read_run(path)
+    meta = raw["lit_ptm"]
     return Pretrained(
         checkpoint=checkpoint, objective=meta["objective"], config=config, state_dict=raw["state_dict"],
         backbone=meta.get("backbone", "transformer"), tokenizer_sha=meta.get("tokenizer_sha"),
