@@ -408,3 +408,41 @@ def test_a_training_subset_keeps_the_whole_files_label_set(task, pretrained_runs
     assert len(data.datasets["train"]) == 1 and len(data.datasets["val"]) == 40
     expected = ["files", "network", "text"] if task == "classify" else ["O", "B-LOC", "I-LOC", "B-PER"]
     assert module.labels == expected
+
+
+def test_a_resumed_finetuning_run_with_dropout_is_the_run_it_continues(pretrained_runs, tmp_path, monkeypatch):
+    """4 steps, then resumed to 8, with dropout in the stack and the head: the same losses as 8 straight
+    (fine-tuning checkpoints keep the RNG state, as pretraining's do)."""
+    from conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+    train, dev = keyword_dataset(tmp_path / "train.jsonl", 200, 0), keyword_dataset(tmp_path / "dev.jsonl", 40, 1)
+    common = ["--data.init_args.train_file", str(train), "--data.init_args.val_file", str(dev), "--trainer.limit_val_batches", "0",
+              "--model.init_args.classifier_dropout", "0.1", "--model.init_args.config.dropout", "0.1",
+              "--model.init_args.optim.schedule", "constant", "--trainer.log_every_n_steps", "1"]
+    straight, more = tmp_path / "straight", tmp_path / "more"
+    run_cli(["fit", *finetune_args(pretrained_runs["bert"], straight, *common, "--trainer.max_steps", "8")])
+    run_cli(["fit", *finetune_args(pretrained_runs["bert"], more, *common, "--trainer.max_steps", "4")])
+    run_cli(["fit", *finetune_args(pretrained_runs["bert"], more, *common, "--trainer.max_steps", "8"),
+             "--ckpt_path", str(more / "last.ckpt")])
+    a, b = scalars(straight, "train/loss"), scalars(more, "train/loss")
+    assert sorted(a) == sorted(b) == list(range(8))
+    for step in range(4, 8):
+        assert a[step] == pytest.approx(b[step], abs=1e-6), (step, a[step], b[step])
+
+
+@pytest.mark.parametrize("share", ["none", "all", "attention", "ffn"])
+def test_layer_decay_gives_shared_layers_the_rate_of_the_deepest_block_using_them(share):
+    from lit_ptm.nn import ModelConfig
+    from lit_ptm.tasks import SequenceClassification
+
+    config = ModelConfig(vocab_size=120, hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64, share=share)
+    task = SequenceClassification(config=config, labels=["a", "b"], layer_decay=0.5)
+    scales = {name: task.lr_scale(name) for name, _ in task.named_parameters()}
+    assert scales["transformer.embeddings.tokens.weight"] == 0.5 ** 4 and scales["head.out.weight"] == 1.0
+    top = 0.5  # block L of L
+    assert scales["transformer.blocks.0.attention.qkv.weight"] == (top if share in ("all", "attention") else 0.5 ** 3)
+    assert scales["transformer.blocks.0.ffn.up.weight"] == (top if share in ("all", "ffn") else 0.5 ** 3)
+    if share != "all":  # the sub-layer each block keeps of its own follows its depth
+        unshared = "attention.qkv" if share == "ffn" else "ffn.up"
+        assert scales[f"transformer.blocks.2.{unshared}.weight"] == top

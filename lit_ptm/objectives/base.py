@@ -64,6 +64,18 @@ def save_plain_hyperparameters(module: L.LightningModule) -> None:
             module.hparams[key] = dataclasses.asdict(value)
 
 
+def rng_state() -> dict:
+    """Dropout draws from the global generators: a checkpoint keeps them, so that a resumed run is exact."""
+    return {"rng_cpu": torch.get_rng_state(), "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def restore_rng_state(meta: dict) -> None:
+    if meta.get("rng_cpu") is not None:
+        torch.set_rng_state(meta["rng_cpu"])
+    if meta.get("rng_cuda") is not None and torch.cuda.is_available() and len(meta["rng_cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(meta["rng_cuda"])
+
+
 def adamw_with_schedule(module: L.LightningModule, o: OptimConfig, lr_scale=None):
     """AdamW over the module's trainable parameters, with the warmup/decay schedule stepped per optimizer step.
 
@@ -287,9 +299,7 @@ class PretrainObjective(L.LightningModule):
             "started_from": getattr(self, "started_from", None),
             "model_config": self.config.to_dict(),
             "tokenizer_sha": tokenizer.sha if tokenizer is not None else None,
-            # Dropout draws from the global generator: restoring it makes a resumed run exact.
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            **rng_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -314,7 +324,4 @@ class PretrainObjective(L.LightningModule):
                 raise CheckpointMismatchError(
                     f"the checkpoint's model.config.{key}={meta['model_config'][key]} differs from this run's {ours}"
                 )
-        if meta.get("rng_cpu") is not None:
-            torch.set_rng_state(meta["rng_cpu"])
-        if meta.get("rng_cuda") is not None and torch.cuda.is_available() and len(meta["rng_cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(meta["rng_cuda"])
+        restore_rng_state(meta)

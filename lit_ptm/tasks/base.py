@@ -16,7 +16,8 @@ from lit_ptm.errors import ConfigError
 from lit_ptm.hf import family_of
 from lit_ptm.nn import ModelConfig, Transformer
 from lit_ptm.objectives.base import (
-    CHECKPOINT_FORMAT, OptimConfig, adamw_with_schedule, apply_configured_optim, save_plain_hyperparameters,
+    CHECKPOINT_FORMAT, OptimConfig, adamw_with_schedule, apply_configured_optim, restore_rng_state, rng_state,
+    save_plain_hyperparameters,
 )
 from lit_ptm.pretrained import check_tokenizer, load_pretrained
 from lit_ptm.rundir import atomic_write
@@ -202,8 +203,12 @@ class FinetuneTask(L.LightningModule):
         L_ = self.config.num_layers
         if name.startswith("transformer.embeddings."):
             depth = 0
-        elif match := re.match(r"transformer\.blocks\.(\d+)\.", name):
-            depth = int(match.group(1)) + 1
+        elif match := re.match(r"transformer\.blocks\.(\d+)\.(\w+)", name):
+            # A shared sub-layer (ALBERT) is listed once, under block 0, but serves every depth: it trains
+            # at the rate of the deepest block that uses it, not the most-decayed one.
+            shared = {"all": True, "attention": match.group(2) in ("attention", "attention_norm"),
+                      "ffn": match.group(2) in ("ffn", "ffn_norm")}.get(self.config.share, False)
+            depth = L_ if shared else int(match.group(1)) + 1
         elif name.startswith("transformer."):  # the final norm sits with the last block
             depth = L_
         else:  # the task head
@@ -223,6 +228,7 @@ class FinetuneTask(L.LightningModule):
             "format": CHECKPOINT_FORMAT, "objective": type(self).__name__, "backbone": "transformer", "family": family_of(self.config),
             "model_config": self.config.to_dict(),
             "tokenizer_sha": tokenizer.sha if tokenizer is not None else None, "started_from": self.started_from,
+            **rng_state(),  # dropout: a resumed fine-tuning run continues the very run it was
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -238,6 +244,7 @@ class FinetuneTask(L.LightningModule):
                 f"the checkpoint was fine-tuned with another tokenizer (sha {meta['tokenizer_sha']}) than "
                 f"{tokenizer.source} (sha {tokenizer.sha})"
             )
+        restore_rng_state(meta)
 
     def on_predict_epoch_start(self) -> None:
         self._predictions = []
