@@ -58,3 +58,27 @@ def test_causal_objective_forces_decoder_mode_and_learns_a_pattern():
         opt.step()
         opt.zero_grad()
     assert loss.item() < 0.1 * math.log(120)
+
+
+@pytest.mark.parametrize("module_kind", ["objective", "task"])
+def test_norm_clipping_under_fsdp_goes_through_fsdps_own_clip_grad_norm(module_kind, monkeypatch):
+    """Lightning's FSDPPrecision refuses gradient_clip_algorithm='norm' (bert.yaml clips at 1.0): both module
+    bases clip through the FSDP-wrapped model instead; other strategies keep Lightning's path."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    from lit_ptm.objectives import CausalLM
+    from lit_ptm.tasks import SequenceClassification
+
+    module = CausalLM(TINY) if module_kind == "objective" else SequenceClassification(config=TINY, labels=["a", "b"])
+    clipped = []
+    fsdp = FSDPStrategy()
+    fsdp.model = SimpleNamespace(clip_grad_norm_=clipped.append)
+    monkeypatch.setattr(type(module), "trainer", property(lambda self: SimpleNamespace(strategy=fsdp)))
+    monkeypatch.setattr(module, "clip_gradients", lambda *a, **k: clipped.append(("lightning", k)))
+    module.configure_gradient_clipping(None, 1.0, "norm")
+    assert clipped == [1.0]
+    monkeypatch.setattr(type(module), "trainer", property(lambda self: SimpleNamespace(strategy=DDPStrategy())))
+    module.configure_gradient_clipping(None, 0.5, "norm")
+    assert clipped[-1] == ("lightning", {"gradient_clip_val": 0.5, "gradient_clip_algorithm": "norm"})

@@ -64,6 +64,18 @@ def save_plain_hyperparameters(module: L.LightningModule) -> None:
             module.hparams[key] = dataclasses.asdict(value)
 
 
+def clip_gradients(module: L.LightningModule, optimizer, value, algorithm) -> None:
+    """Gradient clipping that works under every strategy: FSDP shards the gradients, and Lightning's
+    FSDPPrecision refuses norm clipping through the precision plugin; FSDP's own ``clip_grad_norm_``
+    takes the norm over all shards."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if value and (algorithm or "norm") == "norm" and isinstance(module.trainer.strategy, FSDPStrategy):
+        module.trainer.strategy.model.clip_grad_norm_(value)
+        return
+    module.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=algorithm)
+
+
 def rng_state() -> dict:
     """Dropout draws from the global generators: a checkpoint keeps them, so that a resumed run is exact."""
     return {"rng_cpu": torch.get_rng_state(), "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
@@ -286,6 +298,9 @@ class PretrainObjective(L.LightningModule):
 
     def on_train_start(self) -> None:
         apply_configured_optim(self)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -16,7 +16,7 @@ from lit_ptm.errors import ConfigError
 from lit_ptm.hf import family_of
 from lit_ptm.nn import ModelConfig, Transformer
 from lit_ptm.objectives.base import (
-    CHECKPOINT_FORMAT, OptimConfig, adamw_with_schedule, apply_configured_optim, restore_rng_state, rng_state,
+    CHECKPOINT_FORMAT, OptimConfig, adamw_with_schedule, apply_configured_optim, clip_gradients, restore_rng_state, rng_state,
     save_plain_hyperparameters,
 )
 from lit_ptm.pretrained import check_tokenizer, load_pretrained
@@ -220,6 +220,9 @@ class FinetuneTask(L.LightningModule):
 
     def on_train_start(self) -> None:
         apply_configured_optim(self)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # -- checkpoints and predictions ------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
