@@ -289,7 +289,9 @@ class LitPtmCLI(LightningCLI):
         pretrained = init_args.get("pretrained") if init_args is not None else None
         outputs = ()
         if self.subcommand == "predict" and init_args is not None and "predictions_file" in init_args:
-            outputs = (Path(init_args.predictions_file or root / "predictions.jsonl"),)
+            path = Path(init_args.predictions_file or root / "predictions.jsonl")
+            world = self.trainer.world_size  # several processes write one file each (tasks.base)
+            outputs = (path,) if world == 1 else tuple(path.with_name(f"{path.stem}.rank{r}{path.suffix}") for r in range(world))
         LitPtmCLI.held_lock = take_run_directory(
             self.subcommand, root, config.get("ckpt_path"), config.overwrite, outputs, reads=(pretrained,) if pretrained else ()
         )

@@ -369,6 +369,14 @@ def test_extractive_qa_under_ddp_gathers_every_window(pretrained_runs, tmp_path,
     r = run_module(["fit", *args, "--trainer.max_epochs", "10"], env=loopback_env(cache_dir))
     assert r.returncode == 0, r.stderr[-4000:]
     assert list(scalars(root, "val/exact_match").values())[-1] > 75
+    # predict under DDP writes per-rank files (QA gathers every answer on rank 0), and a second predict refuses
+    # to overwrite them.
+    predict = ["predict", *args, "--data.init_args.predict_file", str(dev), "--ckpt_path", str(root / "last.ckpt")]
+    r = run_module(predict, env=loopback_env(cache_dir))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len((root / "predictions.rank0.jsonl").read_text().splitlines()) == 60
+    r = run_module(predict, env=loopback_env(cache_dir))
+    assert r.returncode == 2 and "predictions.rank0.jsonl exists; `predict` would overwrite it" in r.stderr, r.stderr[-3000:]
 
 
 def test_train_examples_is_a_seeded_subset_in_file_order(tmp_path):

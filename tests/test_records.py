@@ -166,3 +166,14 @@ def test_choice_flags_are_literals_the_command_line_validates():
     for key in ("format", "tsv_quoting", "empty_texts"):
         with pytest.raises(Exception, match=key):
             parser.parse_args([f"--data.{key}", "bogus"])
+
+
+def test_a_blank_row_of_a_one_column_file_is_an_empty_text_not_a_blank_line(tmp_path):
+    from lit_ptm.tasks.records import drop_empty_texts
+
+    path = tmp_path / "one.csv"
+    path.write_text("text\nfirst\n\"\"\n  \nlast\n")
+    records = read_records(path)
+    assert [r["text"] for r in records] == ["first", "", "  ", "last"] and [r["_line"] for r in records] == [2, 3, 4, 5]
+    with pytest.raises(CorpusError, match=r"2 record\(s\) with an empty text, at line\(s\) 3 \(text\), 4 \(text\)"):
+        drop_empty_texts(records, path, ("text",), "fail")

@@ -99,7 +99,8 @@ def _table_records(path: Path, f, fmt: str, tsv_quoting: str) -> Iterator[dict]:
             return
         except csv.Error as e:
             raise CorpusError(f"{path}:{start}: not valid {fmt.upper()} ({e}, at line {reader.line_num}){hint}") from None
-        if not row or (len(row) == 1 and not row[0].strip()):
+        # A blank line; but in a one-column file a blank row is a record with an empty text (counted as such).
+        if not row or (len(row) == 1 and not row[0].strip() and (header is None or len(header) > 1)):
             continue
         if header is None:
             header = row
