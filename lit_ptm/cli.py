@@ -63,7 +63,7 @@ def signature_defaults(class_path: str) -> dict:
 def resume_settings(path, configured: dict, saved: dict, defaults: dict, explicit: set[str] = frozenset()) -> tuple[dict, list[str]]:
     """The model settings a resume runs with: the checkpoint's, except the resumable ones the user changed.
 
-    A setting counts as given by the user when it is named on the command line (``explicit``) or differs
+    A setting counts as given by the user when a config file or flag sets it (``explicit``) or it differs
     from its signature default (a recipe that does not mention a setting does not contradict the
     checkpoint). A given setting that the model was built differently with stops the run, naming each
     key and both values.
@@ -152,7 +152,7 @@ class LitPtmCLI(LightningCLI):
         if isinstance(argv, (dict, Namespace)) or not subcommand:
             return
         keys = set(flatten(self.config[subcommand]))
-        self._explicit_model_keys = set()  # init_args keys named on the command line (see resume_settings)
+        self._explicit_model_keys = self._given_model_keys(parser, argv, subcommand)
         for item in argv:
             if not isinstance(item, str) or not item.startswith(("--model.", "--data.")):
                 continue
@@ -160,14 +160,24 @@ class LitPtmCLI(LightningCLI):
             group, _, rest = key.partition(".")
             if rest.split(".")[0] not in ("init_args", "class_path", "dict_kwargs"):
                 key = f"{group}.init_args.{rest}"  # --data.batch_size is short for --data.init_args.batch_size
-            if group == "model" and key.startswith("model.init_args."):
-                self._explicit_model_keys.add(key[len("model.init_args."):])
             if key not in keys and not any(k.startswith(key + ".") for k in keys):
                 close = sorted(k for k in keys if k.startswith(key))[:3]
                 raise ConfigError(
                     f"unknown config key {item.split('=', 1)[0]} (keys are never matched by prefix"
                     + (f"; did you mean {', '.join('--' + k for k in close)}?)" if close else ")")
                 )
+
+    @staticmethod
+    def _given_model_keys(parser, argv: list, subcommand: str) -> set[str]:
+        """The model's init_args keys that the config files and flags set (whatever their value): a parse
+        without defaults. A resume compares these with the checkpoint (see resume_settings)."""
+        try:
+            given = parser.parse_args(argv, defaults=False)[subcommand]
+        except (SystemExit, Exception):  # it parsed with defaults a moment ago; without them nothing more is needed
+            return set()
+        model = given.get("model")
+        init_args = model.get("init_args") if isinstance(model, Namespace) else None
+        return set(flatten(init_args)) if init_args else set()
 
     def _parse_ckpt_path(self) -> None:
         """Put the checkpoint's hyper-parameters into the config (as LightningCLI does), after checking it.

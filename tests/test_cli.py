@@ -337,8 +337,14 @@ def test_resume_refuses_architecture_flags_that_contradict_the_checkpoint(short_
         assert shown in err and "last.ckpt was built with other settings" in err, err
 
 
-def test_resume_refuses_a_named_flag_even_when_it_equals_the_default(short_run, capsys):
+def test_resume_refuses_a_given_setting_even_when_it_equals_the_default(short_run, tmp_path, capsys):
     err = cli_error(["fit", *tiny_args("gpt", short_run, "--model.init_args.config.num_layers", "12", "--trainer.max_steps", "4"),
+                     "--ckpt_path", str(short_run / "last.ckpt")], capsys)
+    assert "model.config.num_layers=12 (the checkpoint's: 2)" in err, err
+    # The same from a config file (12 layers is ModelConfig's default).
+    deeper = tmp_path / "deeper.yaml"
+    deeper.write_text("model:\n  init_args:\n    config:\n      num_layers: 12\n")
+    err = cli_error(["fit", *tiny_args("gpt", short_run, "--config", str(deeper), "--trainer.max_steps", "4"),
                      "--ckpt_path", str(short_run / "last.ckpt")], capsys)
     assert "model.config.num_layers=12 (the checkpoint's: 2)" in err, err
 
