@@ -19,7 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from lit_ptm.callbacks import CheckpointError, CheckpointMismatchError, RunCheckpoint, read_checkpoint
 from lit_ptm.errors import ConfigError, LitPtmError
-from lit_ptm.hf import is_hf_dir, read_hf_dir
+from lit_ptm.hf import check_hf_dir, is_hf_dir
 from lit_ptm.pretrained import checkpoint_of, tokenizer_of
 from lit_ptm.rundir import RunLock, is_global_rank_zero, take_run_directory
 
@@ -247,7 +247,7 @@ class LitPtmCLI(LightningCLI):
         pretrained = init_args.get("pretrained") if init_args is not None else None
         if pretrained is not None:  # a missing, damaged or unsafe run is named before anything is built
             if is_hf_dir(pretrained):
-                read_hf_dir(pretrained)
+                check_hf_dir(pretrained)
             else:
                 read_checkpoint(checkpoint_of(pretrained), mmap=True)
         # Resuming, testing or predicting from a checkpoint, or starting from a pretrained run: the
@@ -351,7 +351,7 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> LitPtmCLI:
         )
         return cli
     finally:
-        if LitPtmCLI.held_lock is not None:  # set by before_instantiate_classes, also when the run failed
+        if LitPtmCLI.held_lock is not None:  # set by after_instantiate_classes, also when the run failed
             LitPtmCLI.held_lock.release()
             LitPtmCLI.held_lock = None
 

@@ -284,30 +284,63 @@ def is_hf_dir(path) -> bool:
     return Path(path).is_dir() and (Path(path) / "config.json").is_file()
 
 
+def weight_files(directory: Path) -> list[Path]:
+    """The weight files of an HF directory: model.safetensors (or its shards), else pytorch_model.bin (or its shards)."""
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        index = directory / f"{single}.index.json"
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [single]
+        if all((directory / name).is_file() for name in names):
+            return [directory / name for name in names]
+    raise HFError(f"{directory} has config.json but no weights (model.safetensors or pytorch_model.bin)")
+
+
 def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """model.safetensors (or its shards), else pytorch_model.bin read with torch.load(weights_only=True)."""
-    index = directory / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
-    if all((directory / f).is_file() for f in files):
+    """All weights; .bin files with torch.load(weights_only=True), like any checkpoint."""
+    state = {}
+    for path in weight_files(directory):
+        if path.suffix == ".bin":
+            state.update(read_checkpoint(path))
+            continue
         try:
             from safetensors.torch import load_file
         except ImportError:
             raise HFError(f"{directory} holds safetensors weights: pip install -e '.[hf]' (safetensors) to read them") from None
-        state = {}
-        for f in files:
-            try:
-                state.update(load_file(directory / f))
-            except Exception as e:  # safetensors raises its own error types for damaged files
-                raise HFError(f"{directory / f} cannot be read: {e}") from None
-        return state
-    bin_index = directory / "pytorch_model.bin.index.json"
-    bins = sorted(set(json.loads(bin_index.read_text())["weight_map"].values())) if bin_index.is_file() else ["pytorch_model.bin"]
-    if all((directory / f).is_file() for f in bins):
-        state = {}
-        for f in bins:
-            state.update(read_checkpoint(directory / f))
-        return state
-    raise HFError(f"{directory} has config.json but no weights (model.safetensors or pytorch_model.bin)")
+        try:
+            state.update(load_file(path))
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise HFError(f"{path} cannot be read: {e}") from None
+    return state
+
+
+def read_hf_config(directory: Path) -> tuple[str, ModelConfig]:
+    try:
+        hf_config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise HFError(f"{directory / 'config.json'} cannot be read as JSON: {e}") from None
+    return config_from_hf(hf_config, directory / "config.json")
+
+
+def read_hf_tokenizer(directory: Path, config: ModelConfig) -> Tokenizer:
+    tokenizer_file = directory / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise HFError(f"{directory} has no tokenizer.json (lit_ptm reads fast tokenizers only; save one with "
+                      "AutoTokenizer.from_pretrained(...).save_pretrained(dir))")
+    tokenizer = Tokenizer.load(tokenizer_file)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise HFError(f"{tokenizer_file} has {tokenizer.vocab_size} tokens, more than the model's {config.vocab_size} embeddings")
+    if tokenizer.vocab_size < config.vocab_size:
+        raise HFError(f"{tokenizer_file} has {tokenizer.vocab_size} tokens but the model has {config.vocab_size} embeddings: "
+                      "lit_ptm needs them equal (resize the embeddings with HF first)")
+    return tokenizer
+
+
+def check_hf_dir(directory) -> None:
+    """What can be checked of an HF directory without reading its weights: its architecture, that the weights
+    are there, its tokenizer (the weights are read once, when the model is built)."""
+    directory = Path(directory)
+    _, config = read_hf_config(directory)
+    weight_files(directory)
+    read_hf_tokenizer(directory, config)
 
 
 @dataclass
@@ -325,11 +358,7 @@ class HFModel:
 
 def read_hf_dir(directory) -> HFModel:
     directory = Path(directory)
-    try:
-        hf_config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise HFError(f"{directory / 'config.json'} cannot be read as JSON: {e}") from None
-    family, config = config_from_hf(hf_config, directory / "config.json")
+    family, config = read_hf_config(directory)
     state = read_hf_weights(directory)
     # Checkpoints from TF-era conversions (bert-base-uncased's pytorch_model.bin) name LayerNorm parameters gamma / beta.
     state = {re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", k)): v for k, v in state.items()}
@@ -353,17 +382,7 @@ def read_hf_dir(directory) -> HFModel:
     lit.update(from_hf(state, head_rows(family, tuple(heads), config), directory))
     if heads and config.tie_word_embeddings:  # lit_ptm's LM head holds the tied table under its own name too
         lit["lm_head.embedding.weight"] = lit["transformer.embeddings.tokens.weight"]
-    tokenizer_file = directory / "tokenizer.json"
-    if not tokenizer_file.is_file():
-        raise HFError(f"{directory} has no tokenizer.json (lit_ptm reads fast tokenizers only; save one with "
-                      "AutoTokenizer.from_pretrained(...).save_pretrained(dir))")
-    tokenizer = Tokenizer.load(tokenizer_file)
-    if tokenizer.vocab_size > config.vocab_size:
-        raise HFError(f"{tokenizer_file} has {tokenizer.vocab_size} tokens, more than the model's {config.vocab_size} embeddings")
-    if tokenizer.vocab_size < config.vocab_size:
-        raise HFError(f"{tokenizer_file} has {tokenizer.vocab_size} tokens but the model has {config.vocab_size} embeddings: "
-                      "lit_ptm needs them equal (resize the embeddings with HF first)")
-    return HFModel(directory, family, config, objective, pair_task, lit, tokenizer)
+    return HFModel(directory, family, config, objective, pair_task, lit, read_hf_tokenizer(directory, config))
 
 
 # -- import: an HF directory as a lit_ptm run ---------------------------------------------------------

@@ -113,8 +113,6 @@ class FinetuneTask(L.LightningModule):
             self.build_head(pretrained_heads)
             if self.freeze_embeddings:
                 self.transformer.embeddings.requires_grad_(False)
-        if tokenizer is not None:
-            self.require_special_tokens(tokenizer)
         if tokenizer is not None and tokenizer.vocab_size != self.config.vocab_size:
             raise CheckpointMismatchError(
                 f"the model's vocabulary ({self.config.vocab_size}) does not match the tokenizer "
