@@ -4,20 +4,23 @@ tests/data/recipe_losses.json was written by this module (``LIT_PTM_RECORD_LOSSE
 tests/test_recipe_losses.py``) at commit 6de0322, before the stack was reshaped: a refactoring of the
 stack, the collators or the objectives that changes what a recipe trains changes these numbers. Each
 pretraining recipe runs 20 steps of configs/tiny.yaml with dropout 0.1 (so the dropout stream is
-checked too); each fine-tuning recipe then runs 20 steps from that run (classification: the built-in demo task; tagging and QA: the
-synthetic data of test_finetune).
+checked too) on a generated corpus with committed tokenizers; each fine-tuning recipe then runs 20
+steps from that run on the synthetic data of test_finetune. All in float64, so that the numbers do
+not depend on the CPU's kernels.
 """
 
 import json
+import shutil
 import os
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli, scalars, tiny_args
-from test_finetune import ner_dataset, qa_dataset
+from conftest import ROOT, run_cli, scalars, tiny_args, write_corpus
+from test_finetune import keyword_dataset, ner_dataset, qa_dataset
 
-REFERENCE = Path(__file__).parent / "data" / "recipe_losses.json"
+DATA = Path(__file__).parent / "data"
+REFERENCE = DATA / "recipe_losses.json"
 RECORD = os.environ.get("LIT_PTM_RECORD_LOSSES") == "1"
 PRETRAIN = ("bert", "roberta", "albert", "gpt")
 FINETUNE = (("classify", "bert"), ("tag", "bert"), ("qa", "bert"), ("classify", "gpt"))
@@ -36,23 +39,30 @@ def _train_losses(run_dir: Path) -> dict[str, list[float]]:
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory, cache_dir):
     root = tmp_path_factory.mktemp("recipes")
+    # float64: the comparison must hold on any CPU, whatever order its kernels sum in.
     common = ["--trainer.max_steps", str(STEPS), "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", str(STEPS),
-              "--trainer.limit_val_batches", "4"]
+              "--trainer.limit_val_batches", "4", "--trainer.precision", "64-true"]
+    # A generated corpus and committed tokenizers (tokenizer training breaks ties in hash-map order,
+    # and the built-in corpus is the installed Python's), so the data are the same everywhere.
+    corpus = write_corpus(root / "corpus.txt", n_docs=80, seed=0)
     out = {}
     for recipe in PRETRAIN:
-        run_cli(["fit", *tiny_args(recipe, root / recipe), *common, "--model.init_args.config.dropout", "0.1",
+        tokenizer = DATA / f"tokenizer-{recipe}.json"
+        data = ["--data.init_args.train_files", str(corpus)]
+        data += ["--data.init_args.tokenizer", str(tokenizer)] if tokenizer.exists() else []
+        run_cli(["fit", *tiny_args(recipe, root / recipe), *common, *data, "--model.init_args.config.dropout", "0.1",
                  "--model.init_args.config.attention_dropout", "0.1"])
+        if RECORD and not tokenizer.exists():
+            shutil.copy(root / recipe / "tokenizer.json", tokenizer)
         out[recipe] = {**_train_losses(root / recipe), "val/loss": scalars(root / recipe, "val/loss")[STEPS - 1]}
     old = Path.cwd()
     os.chdir(ROOT)  # the fine-tuning recipes' built-in demo data
     try:
         for task, base in FINETUNE:
             name, run = f"finetune/{task}<-{base}", root / f"{task}-{base}"
-            data = []  # classification: the built-in demo task
-            if task != "classify":
-                make = ner_dataset if task == "tag" else qa_dataset
-                data = ["--data.init_args.train_file", str(make(root / f"{task}-train.jsonl", 200, 0)),
-                        "--data.init_args.val_file", str(make(root / f"{task}-dev.jsonl", 40, 1))]
+            make = {"classify": keyword_dataset, "tag": ner_dataset, "qa": qa_dataset}[task]
+            data = ["--data.init_args.train_file", str(make(root / f"{task}-train.jsonl", 200, 0)),
+                    "--data.init_args.val_file", str(make(root / f"{task}-dev.jsonl", 40, 1))]
             run_cli(["fit", "--config", f"configs/finetune/{task}.yaml", "--config", "configs/finetune/tiny.yaml",
                      "--model.init_args.pretrained", str(root / base), "--trainer.default_root_dir", str(run),
                      "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *common,
