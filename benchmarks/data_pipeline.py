@@ -81,7 +81,7 @@ def main() -> None:
     batch = ours(samples)
 
     def step():
-        model.loss_parts(batch)["loss"].backward()
+        model.loss_parts(batch).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 

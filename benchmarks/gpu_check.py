@@ -1,23 +1,30 @@
-"""GPU paths that CPU tests cannot reach: which SDPA kernel our attention gets, and bf16 training steps.
+"""GPU paths that CPU tests cannot reach: which kernel each attention pattern gets, FlexAttention
+against SDPA, and bf16 training steps (eager and compiled) of every objective.
 
     python benchmarks/gpu_check.py
 
-For each attention case the stack produces (encoder without padding, causal decoder, padded batch,
-packed documents) it runs forward + backward in bf16 with SDPA restricted to one backend at a time
-and prints which backends accept the call: the unmasked and causal cases must run on the flash
-kernel; masked ones fall to the memory-efficient or cuDNN kernels (flash takes no explicit mask).
-Then one bf16 training step of each objective on a BERT-base sized stack, checking a finite loss and
-gradients. Exit status 1 when a required kernel is refused or a step is not finite.
+1. For each pattern an objective can hand the stack (AttentionMask: none, causal, padding, packed
+   documents, prefix LM, explicit, bias, a cached decoding step) it prints the kernel the lowering
+   picks (sdpa / sdpa-causal / sdpa-masked / flex) and, for SDPA, which backends accept the call when
+   restricted to one at a time: unmasked and causal must run on flash; packed documents and prefixes
+   must get FlexAttention (a fused kernel that skips the blocks nobody attends).
+2. FlexAttention against the same pattern lowered to a dense SDPA mask: forward + backward agree (bf16
+   tolerance), and the time of each (packed documents: the dense mask pays for the whole L x L).
+3. One bf16 training step of each objective on a BERT-base sized stack, eager and --model.compile:
+   finite loss and gradients, compiled loss close to eager.
+Exit status 1 when a required kernel is refused, a comparison fails, or a step is not finite.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lit_ptm.nn import ModelConfig, Transformer
+from lit_ptm.nn import AttentionMask, ModelConfig, Transformer
+from lit_ptm.nn import mask as masks
 
 BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
@@ -25,61 +32,126 @@ BACKENDS = {
 }
 
 
-def attention_cases(B: int = 8, T: int = 512):
-    lengths = torch.randint(T // 2, T + 1, (B,))
-    padding = torch.arange(T)[None, :] < lengths[:, None]
-    segments = (torch.arange(T)[None, :] >= torch.randint(1, T, (B, 1))).long()  # two documents per row
-    yield "encoder, no padding", False, {}, ("flash",)
-    yield "causal decoder (is_causal)", True, {}, ("flash",)
-    yield "encoder, padded batch", False, {"attention_mask": padding}, ()
-    yield "causal, packed documents", True, {"segment_ids": segments}, ()
+def cases(B: int, T: int, heads: int):
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(T // 2, T + 1, (B,), generator=g)
+    padding = (torch.arange(T)[None, :] < lengths[:, None]).cuda()
+    starts = torch.sort(torch.randint(1, T, (B, 7), generator=g), 1).values  # eight documents a row
+    documents = (torch.arange(T)[None, None, :] >= starts[:, :, None]).sum(1).cuda()
+    prefix = torch.randint(1, T, (B,), generator=g).cuda()
+    explicit = (torch.rand(B, T, T, generator=g) < 0.5).cuda() | torch.eye(T, dtype=torch.bool).cuda()
+    bias = torch.randn(1, heads, T, T, generator=g).cuda()
+    # (name, mask, kernel it must get, SDPA backends it must be accepted by)
+    yield "encoder, no padding", AttentionMask(), "sdpa", ("flash",)
+    yield "causal decoder", AttentionMask(causal=True), "sdpa-causal", ("flash",)
+    yield "encoder, padded batch", AttentionMask(padding=padding), "sdpa-masked", ()
+    yield "causal, padded batch", AttentionMask(causal=True, padding=padding), "sdpa-masked", ()
+    yield "causal, packed documents", AttentionMask(causal=True, documents=documents), "flex", ()
+    yield "encoder, packed documents", AttentionMask(documents=documents), "flex", ()
+    yield "prefix LM", AttentionMask(causal=True, prefix_length=prefix), "flex", ()
+    yield "explicit [B, L, L]", AttentionMask(explicit=explicit), "sdpa-masked", ()
+    yield "additive bias", AttentionMask(bias=bias), "sdpa-masked", ()
+
+
+def timed(fn, n=5) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / n
 
 
 def main() -> int:
     assert torch.cuda.is_available(), "needs a CUDA device"
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
     failures = 0
-    for name, causal, extra, required in attention_cases():
-        config = ModelConfig(vocab_size=30522, hidden_size=768, num_layers=2, num_heads=12, max_position_embeddings=512,
-                             causal=causal, dropout=0.0, attention_dropout=0.0)
-        model = Transformer(config).cuda()
-        ids = torch.randint(10, 30000, (8, 512), device="cuda")
-        extra = {k: v.cuda() for k, v in extra.items()}
-        accepted = []
-        for backend_name, backend in BACKENDS.items():
-            try:
-                with sdpa_kernel([backend]), torch.autocast("cuda", dtype=torch.bfloat16):
-                    model(ids, **extra).float().square().mean().backward()
-                torch.cuda.synchronize()
-                accepted.append(backend_name)
-            except RuntimeError:
-                pass
-            model.zero_grad(set_to_none=True)
-        missing = [r for r in required if r not in accepted]
-        failures += bool(missing)
-        print(f"{name:30s} runs on: {', '.join(accepted):35s} {'MISSING ' + ','.join(missing) if missing else 'ok'}")
+    B, T = 8, 1024
+    config = ModelConfig(vocab_size=30522, hidden_size=768, num_layers=2, num_heads=12, max_position_embeddings=T,
+                         dropout=0.0, attention_dropout=0.0)
+    model = Transformer(config).cuda().train()
+    ids = torch.randint(10, 30000, (B, T), device="cuda")
 
+    def step(mask):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(ids, mask).hidden
+        out.float().square().mean().backward()
+        return out
+
+    print("\n1. kernels (training, no attention dropout)")
+    for name, mask, kernel, required in cases(B, T, config.num_heads):
+        flex = mask.documents is not None or mask.prefix_length is not None
+        got = mask.lower(T, T, flex=flex and masks.USE_FLEX).kernel
+        accepted = []
+        if got != "flex":
+            for backend_name, backend in BACKENDS.items():
+                try:
+                    with sdpa_kernel([backend]):
+                        step(mask)
+                    torch.cuda.synchronize()
+                    accepted.append(backend_name)
+                except RuntimeError:
+                    pass
+                model.zero_grad(set_to_none=True)
+        missing = [r for r in required if r not in accepted] + ([f"kernel {kernel}"] if got != kernel else [])
+        failures += bool(missing)
+        where = "FlexAttention" if got == "flex" else "SDPA backends: " + ", ".join(accepted)
+        print(f"  {name:28s} -> {got:12s} {where:45s} {'MISSING ' + ', '.join(missing) if missing else 'ok'}")
+    cached = AttentionMask(causal=True).lower(1, T)
+    print(f"  {'cached decoding step (1 x L)':28s} -> {cached.kernel:12s} (explicit mask: is_causal would align top-left)")
+
+    print("\n2. FlexAttention against the dense SDPA mask (forward + backward, bf16)")
+    for name, mask, kernel, _ in cases(B, T, config.num_heads):
+        if kernel != "flex":
+            continue
+        outputs, grads, seconds = {}, {}, {}
+        for label, use_flex in (("flex", True), ("sdpa", False)):
+            masks.USE_FLEX = use_flex
+            model.zero_grad(set_to_none=True)
+            outputs[label] = step(mask).float()
+            grads[label] = model.blocks[0].attention.qkv.weight.grad.float().clone()
+            seconds[label] = timed(lambda: step(mask))
+            model.zero_grad(set_to_none=True)
+        masks.USE_FLEX = True
+        out_err = (outputs["flex"] - outputs["sdpa"]).abs().max().item()
+        grad_err = ((grads["flex"] - grads["sdpa"]).norm() / grads["sdpa"].norm()).item()
+        ok = out_err < 0.1 and grad_err < 0.05
+        failures += not ok
+        print(f"  {name:28s} max |out diff| {out_err:.3g}, grad rel. diff {grad_err:.3g}; step flex {seconds['flex'] * 1e3:.1f} ms, "
+              f"dense SDPA {seconds['sdpa'] * 1e3:.1f} ms ({seconds['sdpa'] / seconds['flex']:.2f}x) {'ok' if ok else 'MISMATCH'}")
+
+    print("\n3. bf16 training steps, eager and compiled")
     from lit_ptm.objectives import CausalLM, MaskedLM
 
     base = dict(hidden_size=768, num_layers=12, num_heads=12, max_position_embeddings=512, vocab_size=30522)
-    for label, module, batch in (
-        ("CausalLM", CausalLM(ModelConfig(**base)), None),
-        ("MaskedLM+NSP", MaskedLM(ModelConfig(**base, type_vocab_size=2), pair_task="nsp"), None),
-    ):
-        module = module.cuda()
-        ids = torch.randint(10, 30000, (16, 256), device="cuda")
-        labels = torch.where(torch.rand(16, 256, device="cuda") < 0.15, ids, -100)
-        batch = {"input_ids": ids, "labels": ids if label == "CausalLM" else labels}
-        if label != "CausalLM":
-            batch["token_type_ids"] = (torch.arange(256, device="cuda") >= 128).long().expand(16, -1)
-            batch["pair_labels"] = torch.randint(0, 2, (16,), device="cuda")
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = module.loss_parts(batch)["loss"]
-        loss.backward()
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        finite = bool(torch.isfinite(loss)) and all(torch.isfinite(g).all() for g in grads)
-        failures += not finite
-        print(f"bf16 step {label:14s} loss {loss.item():.3f}, {len(grads)} parameter grads, finite: {finite}")
+    for label, make in (("CausalLM", lambda c: CausalLM(ModelConfig(**base), compile=c)),
+                        ("MaskedLM+NSP", lambda c: MaskedLM(ModelConfig(**base, type_vocab_size=2), pair_task="nsp", compile=c))):
+        losses = {}
+        for compiled in (False, True):
+            torch.manual_seed(0)
+            module = make(compiled)
+            module.configure_model()
+            module = module.cuda()
+            g = torch.Generator(device="cuda").manual_seed(0)
+            ids = torch.randint(10, 30000, (16, 256), device="cuda", generator=g)
+            labels = torch.where(torch.rand(16, 256, device="cuda", generator=g) < 0.15, ids, -100)
+            batch = {"input_ids": ids, "labels": ids if label == "CausalLM" else labels}
+            if label != "CausalLM":
+                batch["token_type_ids"] = (torch.arange(256, device="cuda") >= 128).long().expand(16, -1)
+                batch["pair_labels"] = torch.randint(0, 2, (16,), device="cuda", generator=g)
+            module.eval()  # no dropout: eager and compiled compare
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = module.loss_parts(batch).total
+            loss.backward()
+            grads = [p.grad for p in module.parameters() if p.grad is not None]
+            finite = bool(torch.isfinite(loss)) and all(torch.isfinite(g).all() for g in grads)
+            failures += not finite
+            losses[compiled] = loss.item()
+            print(f"  {label:14s} {'compiled' if compiled else 'eager':8s} loss {loss.item():.4f}, {len(grads)} grads, finite: {finite}")
+        close = abs(losses[True] - losses[False]) < 0.02
+        failures += not close
+        print(f"  {label:14s} compiled vs eager loss: {abs(losses[True] - losses[False]):.2g} {'ok' if close else 'MISMATCH'}")
     return 1 if failures else 0
 
 

@@ -4,11 +4,17 @@
     python benchmarks/train_throughput.py --model bert-base --batch 8
     python benchmarks/train_throughput.py --model gpt-small       # GPT2LMHeadModel H256/L4, 32 x 128
     python benchmarks/train_throughput.py --model gpt2 --batch 8 --seq 1024 --bf16   # GPU
+    python benchmarks/train_throughput.py --model gpt2 --batch 8 --seq 1024 --bf16 --compile   # both compiled
 
 Each step is forward + backward + AdamW (fused, for both). MLM batches mask 15% of the tokens with
 lit_ptm's collator; HF's BertForMaskedLM runs its vocabulary-wide head on every token, lit_ptm only
 on the masked ones. Contenders alternate in rounds in one process; the ratio is what to report.
 For CPU runs, preload jemalloc (see README) for both.
+
+--compile: lit_ptm as ``--model.compile true`` compiles it (its stack and its fused loss), HF's whole
+model with torch.compile. On a GPU, MFU = useful FLOPs / the measured bf16 matmul peak, with the same
+useful FLOPs for both (6 x non-embedding parameters + 12 x layers x hidden x sequence per token, plus
+6 x hidden x vocabulary per token the objective predicts), so the MFU ratio is the throughput ratio.
 """
 
 from __future__ import annotations
@@ -53,13 +59,18 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile both contenders")
     args = p.parse_args()
 
     kind, hidden, layers, heads = SIZES[args.model]
     torch.manual_seed(0)
     cfg = bert_config(hidden, layers, heads) if kind == "bert" else gpt2_config(hidden, layers, heads)
-    ours = (MaskedLM if kind == "bert" else CausalLM)(config=cfg).to(args.device).train()
+    ours = (MaskedLM if kind == "bert" else CausalLM)(config=cfg, compile=args.compile)
+    ours.configure_model()
+    ours = ours.to(args.device).train()
     hf = hf_model(kind, cfg).to(args.device).train()
+    if args.compile:
+        hf.compile()
     if kind == "bert":
         batch = mlm_batch(cfg.vocab_size, args.batch, args.seq)
         hf_inputs = {"input_ids": batch["input_ids"], "labels": batch["labels"]}
@@ -84,7 +95,7 @@ def main() -> None:
         return step
 
     steps = {
-        "lit_ptm": stepper(ours, lambda: ours.loss_parts(batch)["loss"]),
+        "lit_ptm": stepper(ours, lambda: ours.loss_parts(batch).loss),
         "hf": stepper(hf, lambda: hf(**hf_inputs).loss),
     }
     for step in steps.values():  # warm-up: allocator pools, kernels, optimizer state
@@ -95,9 +106,43 @@ def main() -> None:
     print(f"model {args.model} ({kind}, H{hidden}/L{layers}/A{heads}, V{cfg.vocab_size}), batch {args.batch} x {args.seq}, "
           f"device {args.device}, {'bf16 autocast' if args.bf16 else 'fp32'}, threads {torch.get_num_threads()}, {allocator()}")
     print(f"params: lit_ptm {n_params(ours):,}  hf {n_params(hf):,}")
+    predicted = int((batch["labels"] != -100).sum())
+    flops = useful_flops(cfg, args.batch, args.seq, predicted)
+    peak = matmul_peak(args.device) if args.device.startswith("cuda") and args.bf16 else None
     for name, s in sec.items():
-        print(f"{name:>8}: {tokens / s:10,.0f} tok/s  ({s * 1000:.1f} ms/step)")
-    print(f"ratio lit_ptm / hf: {sec['hf'] / sec['lit_ptm']:.2f}x")
+        mfu = f", MFU {flops / s / peak:.1%}" if peak else ""
+        print(f"{name:>8}: {tokens / s:10,.0f} tok/s  ({s * 1000:.1f} ms/step{mfu})")
+    if peak:
+        print(f"useful FLOPs/step {flops:.3g}; measured bf16 matmul peak {peak / 1e12:.0f} TFLOP/s")
+    print(f"ratio lit_ptm / hf: {sec['hf'] / sec['lit_ptm']:.2f}x{' (both compiled)' if args.compile else ''}")
+
+
+def useful_flops(cfg, batch: int, seq: int, predicted: int) -> float:
+    """Training FLOPs a step needs (forward + backward = 3 x forward): the stack's matmuls, attention
+    scores and values, and the LM head on the positions the objective predicts."""
+    H, L, V, F = cfg.hidden_size, cfg.num_layers, cfg.vocab_size, cfg.ffn_size
+    per_token_matmuls = L * (4 * H * H + 2 * H * F)  # qkv + out, up + down (multiply-adds)
+    tokens = batch * seq
+    stack = 6 * per_token_matmuls * tokens + 12 * L * H * seq * tokens  # + attention scores and values (QK^T, AV)
+    head = 6 * H * V * predicted + (6 * H * H * predicted if cfg.lm_head_transform else 0)
+    return float(stack + head)
+
+
+def matmul_peak(device: str) -> float:
+    """The device's bf16 matmul throughput, measured (FLOP/s): the denominator of MFU."""
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 20 * 2 * 8192 ** 3 / (start.elapsed_time(end) / 1000)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ from lit_ptm.rundir import RunLock, is_global_rank_zero, take_run_directory
 
 # Model settings that may change when a run resumes: the new value applies (with a warning). Every
 # other setting of the model must agree with the checkpoint: it was built with it.
-RESUMABLE = ("optim.", "config.dropout", "config.attention_dropout", "classifier_dropout", "predictions_file", "max_answer_tokens")
+RESUMABLE = ("optim.", "config.dropout", "config.attention_dropout", "classifier_dropout", "predictions_file", "max_answer_tokens",
+             "compile")
 # Build-time settings a resume ignores: the weights come from the checkpoint.
-IGNORED_ON_RESUME = ("pretrained", "from_scratch", "config.causal")
+IGNORED_ON_RESUME = ("pretrained", "from_scratch", "causal", "config.causal")
 # Run-level settings not worth a warning when they change between a run and its resume.
 UNREPORTED = ("ckpt_path", "config", "overwrite", "trainer.logger", "trainer.callbacks", "trainer.enable_progress_bar",
               "trainer.enable_model_summary", "trainer.default_root_dir", "data.init_args.tokenizer")
@@ -364,6 +365,10 @@ def main() -> None:
             from lit_ptm.hf import main as hf_main
 
             hf_main(sys.argv[1:])
+        elif sys.argv[1:2] == ["generate"]:  # a plain subcommand: continue prompts with a causal LM run
+            from lit_ptm.generate import main as generate_main
+
+            generate_main(sys.argv[2:])
         else:
             run_cli()  # LightningCLI reads sys.argv itself
     except Exception as e:

@@ -11,7 +11,6 @@ the parity tests; reading needs ``safetensors`` for .safetensors weights (``pip 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
 import shutil
@@ -65,9 +64,9 @@ def mismatches(config: ModelConfig, family: str) -> list[str]:
     return out
 
 
-def family_of(config: ModelConfig) -> str | None:
-    """The HF architecture that computes exactly what ``config`` does, if any."""
-    if config.causal or config.norm_position == "pre":
+def family_of(config: ModelConfig, causal: bool = False) -> str | None:
+    """The HF architecture that computes exactly what ``config`` does (read causally or not), if any."""
+    if causal or config.norm_position == "pre":
         candidates = ["gpt2"]
     elif config.embedding_size is not None:
         candidates = ["albert"]
@@ -97,7 +96,7 @@ def config_from_hf(hf: dict, source) -> tuple[str, ModelConfig]:
             intermediate_size=hf.get("n_inner") or 4 * H, max_position_embeddings=hf.get("n_positions", 1024),
             norm_eps=hf.get("layer_norm_epsilon", 1e-5), activation=ACT_FROM_HF[act], dropout=hf.get("resid_pdrop", 0.1),
             attention_dropout=hf.get("attn_pdrop", 0.1), init_std=hf.get("initializer_range", 0.02),
-            tie_word_embeddings=hf.get("tie_word_embeddings", True), scale_residual_init=True, causal=True,
+            tie_word_embeddings=hf.get("tie_word_embeddings", True), scale_residual_init=True,
             **FAMILY_FLAGS["gpt2"],
         )
     for key in ("is_decoder", "add_cross_attention"):
@@ -188,7 +187,7 @@ def backbone_table(family: str, config: ModelConfig) -> list[tuple[str, tuple[st
     add(f"{e}.token_types", "embeddings.token_type_embeddings", params=("weight",))
     add(f"{e}.norm", "embeddings.LayerNorm")
     if family == "albert":
-        add(f"{e}.project", "encoder.embedding_hidden_mapping_in")
+        add("transformer.project", "encoder.embedding_hidden_mapping_in")
     for i in range(config.num_layers):
         b = f"transformer.blocks.{i}"
         if family == "albert":
@@ -401,7 +400,7 @@ def import_hf(source, out, overwrite: bool = False) -> Path:
         raise HFError(f"{source} holds no MLM head (a bare encoder or a fine-tuned checkpoint), so it is no {model.objective} "
                       f"run to import; use it directly: --model.pretrained {source} (a new head starts fresh)")
     class_path = f"lit_ptm.objectives.{model.objective}"
-    config = dataclasses.replace(model.config, causal=model.objective == "CausalLM")
+    config = model.config
     hparams = {"config": config.to_dict(), "pretrained": None, "_class_path": class_path}
     if model.objective == "MaskedLM":
         hparams["pair_task"] = model.pair_task
@@ -409,7 +408,7 @@ def import_hf(source, out, overwrite: bool = False) -> Path:
         "state_dict": model.state_dict, "hyper_parameters": hparams, "epoch": 0, "global_step": 0,
         "pytorch-lightning_version": lightning.__version__,
         "lit_ptm": {"format": CHECKPOINT_FORMAT, "objective": model.objective, "backbone": "transformer", "family": model.family,
-                    "started_from": str(Path(source).resolve()), "model_config": config.to_dict(),
+                    "causal": model.objective == "CausalLM", "started_from": str(Path(source).resolve()), "model_config": config.to_dict(),
                     "tokenizer_sha": model.tokenizer.sha, "weights_only": True},
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -439,7 +438,8 @@ def export_hf(source, out, overwrite: bool = False) -> tuple[Path, str]:
     path, raw, config = read_run(source, key="export")
     meta = raw["lit_ptm"]
     hparams = raw.get("hyper_parameters", {})
-    family = meta.get("family") or family_of(config)
+    causal = bool(meta.get("causal", meta["model_config"].get("causal", False)))
+    family = meta.get("family") or family_of(config, causal)
     if family is None:
         close = {f: mismatches(config, f) for f in FAMILIES}
         nearest = min(close, key=lambda f: len(close[f]))
@@ -447,6 +447,9 @@ def export_hf(source, out, overwrite: bool = False) -> tuple[Path, str]:
                       + "; ".join(close[nearest]))
     if problems := mismatches(config, family):
         raise HFError(f"{path}: recorded as {family}, but {'; '.join(problems)}")
+    if causal != (family == "gpt2"):  # HF's classes fix how each architecture reads
+        raise HFError(f"{path}: the model reads {'causally' if causal else 'bidirectionally'}, but HF's {family} reads "
+                      f"{'causally' if family == 'gpt2' else 'bidirectionally'}: its predictions would differ")
     objective, heads, extra = meta["objective"], (), {}
     if objective == "MaskedLM":
         heads = ("mlm", "pair") if hparams.get("pair_task", "none") != "none" else ("mlm",)

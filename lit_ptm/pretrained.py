@@ -15,6 +15,7 @@ import torch
 
 from lit_ptm.callbacks import CheckpointError, CheckpointMismatchError, read_checkpoint
 from lit_ptm.nn import ModelConfig
+from lit_ptm.nn.stack import upgrade_state_dict
 
 
 @dataclass
@@ -23,8 +24,9 @@ class Pretrained:
     objective: str
     config: ModelConfig
     state_dict: dict[str, torch.Tensor]  # the whole module's weights, heads included
-    backbone: str  # the module attribute that holds the stack, e.g. "transformer"
+    backbone: str  # the name of the objective's stack that others take, e.g. "transformer"
     tokenizer_sha: str | None
+    causal: bool = False  # how the backbone was trained to read (GPT: causally)
 
     def backbone_state(self) -> dict[str, torch.Tensor]:
         prefix = self.backbone + "."
@@ -63,6 +65,8 @@ def read_run(path: str | Path, key: str = "model.pretrained") -> tuple[Path, dic
     meta = raw.get("lit_ptm")
     if meta is None:
         raise CheckpointMismatchError(f"{key}={checkpoint} was not written by lit_ptm (no 'lit_ptm' entry)")
+    if isinstance(raw.get("state_dict"), dict):
+        upgrade_state_dict(raw["state_dict"])
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     return checkpoint, raw, ModelConfig(**{k: v for k, v in meta["model_config"].items() if k in fields})
 
@@ -74,12 +78,14 @@ def load_pretrained(path: str | Path) -> Pretrained:
     if is_hf_dir(path):
         hf = read_hf_dir(path)
         return Pretrained(checkpoint=hf.directory, objective=hf.objective, config=hf.config, state_dict=hf.state_dict,
-                          backbone="transformer", tokenizer_sha=hf.tokenizer.sha)
+                          backbone="transformer", tokenizer_sha=hf.tokenizer.sha, causal=hf.objective == "CausalLM")
     checkpoint, raw, config = read_run(path)
     meta = raw["lit_ptm"]
     return Pretrained(
         checkpoint=checkpoint, objective=meta["objective"], config=config, state_dict=raw["state_dict"],
         backbone=meta.get("backbone", "transformer"), tokenizer_sha=meta.get("tokenizer_sha"),
+        # Older checkpoints kept it in the model config.
+        causal=bool(meta.get("causal", meta["model_config"].get("causal", False))),
     )
 
 

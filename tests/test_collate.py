@@ -127,10 +127,10 @@ def test_causal_collator_shifts_and_isolates_documents(tok):
     batch = CausalLMCollator(tok.ids)([{"ids": ids, "segment": segment, "word_start": ids > 0, "epoch": 0, "index": 0}])
     assert batch["input_ids"].tolist() == [ids[:-1].tolist()]
     assert batch["labels"].tolist() == [ids[1:].tolist()]
-    assert batch["segment_ids"].tolist() == [segment[:-1].tolist()]
+    assert batch["document_ids"].tolist() == [segment[:-1].tolist()]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 3]]
     shared = CausalLMCollator(tok.ids, isolate_documents=False)([{"ids": ids, "segment": segment, "word_start": ids > 0, "epoch": 0, "index": 0}])
-    assert "segment_ids" not in shared and "position_ids" not in shared
+    assert "document_ids" not in shared and "position_ids" not in shared
 
 
 def test_segment_positions_restart_per_document():

@@ -1,6 +1,5 @@
 """Fine-tuning and continued pretraining: features, loading pretrained weights, tasks through the CLI."""
 
-import dataclasses
 import json
 import math
 import random
@@ -85,7 +84,7 @@ def test_finetuning_starts_from_the_pretrained_weights(recipe, pretrained_runs):
     backbone = {k[len("transformer."):]: v for k, v in state.items() if k.startswith("transformer.")}
     assert own.keys() == backbone.keys()
     assert all(torch.equal(own[k], backbone[k]) for k in own)
-    assert model.config.causal == (recipe == "gpt")  # a GPT stays a causal reader and pools its last token
+    assert model.reads_causally() == (recipe == "gpt")  # a GPT stays a causal reader and pools its last token
     if recipe == "bert":  # on request, the NSP-pretrained pooler initialises the classifier's dense layer
         assert torch.equal(model.head.dense.weight, state["pair_head.pooler.weight"])
 
@@ -120,7 +119,7 @@ def test_pooling_reads_cls_last_token_or_the_mean_of_real_tokens():
     mean = SequenceClassification(config=config, labels=["a", "b"], pooling="mean").pool(hidden, batch)
     assert torch.allclose(mean[0], hidden[0, :3].mean(0)) and torch.allclose(mean[1], hidden[1].mean(0))
     assert torch.equal(SequenceClassification(config=config, labels=["a", "b"]).pool(hidden, batch), hidden[:, 0])
-    causal = SequenceClassification(config=dataclasses.replace(config, causal=True), labels=["a", "b"])
+    causal = SequenceClassification(config=config, labels=["a", "b"], causal=True)
     assert torch.equal(causal.pool(hidden, batch), torch.stack([hidden[0, 2], hidden[1, 4]]))
     with pytest.raises(ValueError, match="model.pooling='max'"):
         SequenceClassification(config=config, labels=["a", "b"], pooling="max")
@@ -446,6 +445,7 @@ def test_layer_decay_gives_shared_layers_the_rate_of_the_deepest_block_using_the
 
     config = ModelConfig(vocab_size=120, hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64, share=share)
     task = SequenceClassification(config=config, labels=["a", "b"], layer_decay=0.5)
+    task.configure_model()
     scales = {name: task.lr_scale(name) for name, _ in task.named_parameters()}
     assert scales["transformer.embeddings.tokens.weight"] == 0.5 ** 4 and scales["head.out.weight"] == 1.0
     top = 0.5  # block L of L

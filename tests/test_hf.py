@@ -85,7 +85,8 @@ def batch(tok, family):
 
 def lit_logits(module, family, ids, mask, types):
     with torch.no_grad():
-        hidden = module.transformer(ids, mask, None, types)
+        batch = {"input_ids": ids, "attention_mask": mask, **({"token_type_ids": types} if types is not None else {})}
+        hidden = module.encode(batch).hidden
         logits = module.lm_head(hidden)
         pair = module.pair_head(hidden) if getattr(module, "pair_task", "none") != "none" else None
     return logits, pair
@@ -100,6 +101,7 @@ def lit_module(pretrained):
         pair = "nsp" if "pair_head.pooler.weight" in pretrained.state_dict and pretrained.config.embedding_size is None else (
             "sop" if "pair_head.pooler.weight" in pretrained.state_dict else "none")
         module = MaskedLM(pretrained.config, pair_task=pair)
+    module.configure_model()
     module.load_state_dict(pretrained.state_dict, strict=True)
     return module.eval()
 
@@ -198,7 +200,8 @@ def finetuned_checkpoint(tmp_path, task_cls, family, tok, **kw):
                   "n_positions": 40}
     _, config = config_from_hf(hf_cfg, "test")
     torch.manual_seed(1)
-    module = task_cls(config=config, **kw)
+    module = task_cls(config=config, causal=family == "gpt2", **kw)
+    module.configure_model()
     with torch.no_grad():
         for p in module.parameters():
             p.normal_(0, 0.2)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lit_ptm.nn import LMHead, ModelConfig, Transformer
-from lit_ptm.nn.attention import attention_mask
+from lit_ptm.nn import AttentionMask
 
 TINY = ModelConfig(vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
                    max_position_embeddings=40, dropout=0.0, attention_dropout=0.0, type_vocab_size=2)
@@ -15,35 +15,40 @@ def model(**kw) -> Transformer:
     return Transformer(dataclasses.replace(TINY, **kw)).eval()
 
 
+def hidden(m: Transformer, ids: torch.Tensor, mask: AttentionMask | None = None, **kw) -> torch.Tensor:
+    return m(ids, mask, **kw).hidden
+
+
 @pytest.mark.parametrize("norm_position", ["post", "pre"])
 def test_causal_mode_never_sees_the_future(norm_position):
-    m = model(causal=True, norm_position=norm_position, final_norm=norm_position == "pre")
+    m = model(norm_position=norm_position, final_norm=norm_position == "pre")
+    causal = AttentionMask(causal=True)
     x = torch.randint(5, 99, (2, 12))
     y = x.clone()
     y[:, 7:] = torch.randint(5, 99, (2, 5))
-    assert torch.allclose(m(x)[:, :7], m(y)[:, :7], atol=1e-6)
-    assert not torch.allclose(m(x)[:, 7:], m(y)[:, 7:])
-    # The encoder does see the future.
-    e = model()
-    assert not torch.allclose(e(x)[:, :7], e(y)[:, :7])
+    assert torch.allclose(hidden(m, x, causal)[:, :7], hidden(m, y, causal)[:, :7], atol=1e-6)
+    assert not torch.allclose(hidden(m, x, causal)[:, 7:], hidden(m, y, causal)[:, 7:])
+    # Read bidirectionally, the same stack does see the future.
+    assert not torch.allclose(hidden(m, x)[:, :7], hidden(m, y)[:, :7])
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_segments_confine_attention_to_each_document(causal):
-    m = model(causal=causal)
+    m = model()
     x = torch.randint(5, 99, (1, 10))
     seg = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1, 1, 1]])
+    docs = AttentionMask(documents=seg, causal=causal)
     y = x.clone()
     y[:, 4:] = torch.randint(5, 99, (1, 6))
     # Changing document 1 leaves document 0's states untouched, in either direction.
-    assert torch.allclose(m(x, segment_ids=seg)[:, :4], m(y, segment_ids=seg)[:, :4], atol=1e-6)
+    assert torch.allclose(hidden(m, x, docs)[:, :4], hidden(m, y, docs)[:, :4], atol=1e-6)
     z = x.clone()
     z[:, :4] = torch.randint(5, 99, (1, 4))
     pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3, 4, 5]])
-    a, b = m(x, segment_ids=seg, position_ids=pos), m(z, segment_ids=seg, position_ids=pos)
+    a, b = hidden(m, x, docs, position_ids=pos), hidden(m, z, docs, position_ids=pos)
     assert torch.allclose(a[:, 4:], b[:, 4:], atol=1e-6)
     # And a packed document equals the same document alone (positions restart).
-    alone = m(x[:, 4:])
+    alone = hidden(m, x[:, 4:], AttentionMask(causal=causal))
     assert torch.allclose(a[:, 4:], alone, atol=1e-5)
 
 
@@ -52,24 +57,31 @@ def test_padding_does_not_change_real_tokens():
     x = torch.randint(5, 99, (1, 8))
     padded = torch.cat([x, torch.zeros(1, 4, dtype=torch.long)], 1)
     other = torch.cat([x, torch.randint(5, 99, (1, 4))], 1)
-    mask = torch.tensor([[1] * 8 + [0] * 4])
-    assert torch.allclose(m(padded, mask)[:, :8], m(x)[:, :8], atol=1e-5)
-    assert torch.allclose(m(other, mask)[:, :8], m(x)[:, :8], atol=1e-5)
+    mask = AttentionMask(padding=torch.tensor([[True] * 8 + [False] * 4]))
+    assert torch.allclose(hidden(m, padded, mask)[:, :8], hidden(m, x)[:, :8], atol=1e-5)
+    assert torch.allclose(hidden(m, other, mask)[:, :8], hidden(m, x)[:, :8], atol=1e-5)
 
 
 def test_no_query_row_is_left_without_keys():
     pad = torch.tensor([[True, True, False, False]])
     for causal in (False, True):
-        mask = attention_mask(causal, 4, key_padding=pad)
-        assert mask.any(-1).all()
+        assert AttentionMask(padding=pad, causal=causal).dense(4, 4).any(-1).all()
+    left = torch.tensor([[False, False, True, True]])  # left padding (generation): rows 0 and 1 see only padding
+    assert AttentionMask(padding=left, causal=True).dense(4, 4).any(-1).all()
     seg = torch.tensor([[0, 0, 1, -1]])
-    assert attention_mask(True, 4, segment_ids=seg).any(-1).all()
-    assert attention_mask(False, 4) is None  # the fast path: no mask at all
+    assert AttentionMask(documents=seg, causal=True).dense(4, 4).any(-1).all()
+    assert AttentionMask().lower(4, 4).mask is None and AttentionMask().lower(4, 4).kernel == "sdpa"  # no mask at all
+    assert AttentionMask(causal=True).lower(4, 4).kernel == "sdpa-causal"
 
 
 def test_sequence_longer_than_positions_is_a_clear_error():
     with pytest.raises(ValueError, match=r"sequence length 41 exceeds the model.s 40 positions"):
         model()(torch.zeros(1, 41, dtype=torch.long))
+    m = model()
+    cache = m.new_cache(1, 40)
+    m(torch.zeros(1, 30, dtype=torch.long), AttentionMask(causal=True), cache=cache)
+    with pytest.raises(ValueError, match=r"sequence length 41 exceeds"):  # the cached positions count
+        m(torch.zeros(1, 11, dtype=torch.long), AttentionMask(causal=True), cache=cache)
 
 
 def test_config_errors_name_the_key():
@@ -87,7 +99,7 @@ def test_tied_lm_head_shares_the_embedding_and_runs_on_given_rows():
     m = model()
     head = LMHead(m.config, m.embeddings.tokens)
     assert head.embedding.weight is m.embeddings.tokens.weight
-    h = m(torch.randint(5, 99, (2, 6)))
+    h = hidden(m, torch.randint(5, 99, (2, 6)))
     rows = h[torch.tensor([[True, False, False, True, False, False]] * 2)]
     assert head(rows).shape == (4, 99)
     untied = LMHead(dataclasses.replace(m.config, tie_word_embeddings=False, lm_head_transform=False), m.embeddings.tokens)
@@ -95,7 +107,7 @@ def test_tied_lm_head_shares_the_embedding_and_runs_on_given_rows():
 
 
 def test_pre_ln_gpt2_flags_build_the_gpt2_layout():
-    m = model(norm_position="pre", final_norm=True, embedding_norm=False, scale_residual_init=True, causal=True, init_std=0.02)
+    m = model(norm_position="pre", final_norm=True, embedding_norm=False, scale_residual_init=True, init_std=0.02)
     assert m.final_norm is not None and m.embeddings.norm is None
     # GPT-2 scales residual projections by 1 / sqrt(2 * layers).
     std = m.blocks[0].attention.out.weight.std().item()
@@ -159,7 +171,7 @@ def test_all_shared_layers_hold_one_layers_parameters_whatever_the_depth():
     assert n_params(unshared) - n_params(deep) == 5 * per_block
     # Gradients from every layer reach the one shared layer.
     deep.train()
-    deep(torch.randint(5, 99, (2, 8))).pow(2).mean().backward()
+    hidden(deep, torch.randint(5, 99, (2, 8))).pow(2).mean().backward()
     grads = [p.grad for p in deep.blocks[0].parameters()]
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
 
@@ -177,15 +189,15 @@ def test_partial_sharing_shares_one_sub_layer(share, shared, own):
 @pytest.mark.parametrize("transform", [True, False])
 def test_factorised_embeddings_project_to_hidden_and_back(transform):
     m = model(embedding_size=8, lm_head_transform=transform)
-    assert m.embeddings.tokens.weight.shape == (99, 8) and m.embeddings.project.weight.shape == (32, 8)
+    assert m.embeddings.tokens.weight.shape == (99, 8) and m.project.weight.shape == (32, 8)
     assert m.embeddings.positions.weight.shape == (40, 8) and m.embeddings.norm.normalized_shape == (8,)
-    h = m(torch.randint(5, 99, (2, 6)))
+    h = hidden(m, torch.randint(5, 99, (2, 6)))
     assert h.shape == (2, 6, 32)
     head = LMHead(m.config, m.embeddings.tokens)
     assert head(h.flatten(0, 1)).shape == (12, 99)
     loss, _ = head.loss(h.flatten(0, 1), torch.randint(0, 99, (12,)))
     loss.backward()
-    assert m.embeddings.tokens.weight.grad is not None and m.embeddings.project.weight.grad is not None
+    assert m.embeddings.tokens.weight.grad is not None and m.project.weight.grad is not None
     # V x E + E x H instead of V x H.
     assert n_params(model()) - n_params(model(embedding_size=8)) == (99 + 40 + 2) * (32 - 8) + 2 * (32 - 8) - (8 * 32 + 32)
 

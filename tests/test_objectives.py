@@ -27,6 +27,7 @@ def test_warmup_then_linear_or_cosine_decay():
 @pytest.mark.parametrize("precision, fused", [(Precision(), True), (MixedPrecision("bf16-mixed", "cpu"), False)])
 def test_adamw_decays_matrices_only_and_steps_the_schedule_per_step(precision, fused):
     model = MaskedLM(config=TINY, optim=OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=4))
+    model.configure_model()
     model.trainer = SimpleNamespace(estimated_stepping_batches=20, precision_plugin=precision)
     conf = model.configure_optimizers()
     opt, sched = conf["optimizer"], conf["lr_scheduler"]
@@ -44,16 +45,19 @@ def test_adamw_decays_matrices_only_and_steps_the_schedule_per_step(precision, f
     assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3 * 15 / 16])
 
 
-def test_causal_objective_forces_decoder_mode_and_learns_a_pattern():
+def test_causal_objective_reads_causally_and_learns_a_pattern():
     torch.manual_seed(0)
     model = CausalLM(config=TINY)
-    assert model.config.causal and not MaskedLM(config=TINY).config.causal
+    assert not model.is_built  # the constructor builds nothing: Lightning calls configure_model
+    model.configure_model()
+    assert model.causal and not MaskedLM(config=TINY).causal
+    assert model.attention_mask({"input_ids": torch.zeros(1, 3, dtype=torch.long)}).causal
     # A repeating sequence is learnable only by looking back: loss must fall far below log(V).
     ids = torch.arange(10, 40).repeat(4, 2)[:, :33]
     batch = {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(150):
-        loss = model.loss_parts(batch)["loss"]
+        loss = model.loss_parts(batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad()

@@ -25,6 +25,7 @@ def count(recipe: str, size: str) -> int:
     extra = {k: v for k, v in base["model"]["init_args"].items() if k not in ("config", "optim")}
     with torch.device("meta"):
         module = objective(config=ModelConfig(**config), **extra)
+        module.configure_model()
     return sum(p.numel() for p in module.parameters())
 
 

@@ -15,6 +15,7 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 from torch.utils.data import DataLoader
 
+from lit_ptm.data.batch import DataRecipe
 from lit_ptm.data.builtin import write_builtin_corpus
 from lit_ptm.data.corpus import CorpusError, iter_documents, resolve_files
 from lit_ptm.data.sampling import PACKING_MODES, ResumableSampler, WindowDataset, build_windows
@@ -172,6 +173,7 @@ class PretrainDataModule(ResumableLoaders, L.LightningDataModule):
         self.seed = seed
         self.tokenizer: Tokenizer | None = None
         self.datasets: dict[str, WindowDataset] = {}
+        self._recipe: DataRecipe | None = None
 
     # -- corpus and tokenizer -------------------------------------------------------------------
     def _files(self, which: str) -> list[Path] | None:
@@ -211,15 +213,26 @@ class PretrainDataModule(ResumableLoaders, L.LightningDataModule):
         return Tokenizer(HFTokenizer.from_str(text), source=self.tokenizer_path or "<rank 0's trained tokenizer>")
 
     # -- Lightning hooks ------------------------------------------------------------------------
+    def recipe(self) -> DataRecipe:
+        """The objective's data recipe: handed over with ``use_recipe``, else asked of the trainer's
+        module (its ``data_recipe()``, the one method of the contract)."""
+        if self._recipe is None:
+            module = self.trainer.lightning_module if self.trainer is not None else None
+            if module is None or not hasattr(module, "data_recipe"):
+                raise ConfigError("the pretraining data need an objective's recipe (train through lit-ptm, or call use_recipe)")
+            self._recipe = module.data_recipe()
+        return self._recipe
+
+    def use_recipe(self, recipe: DataRecipe) -> None:
+        self._recipe = recipe
+
     def _packing(self) -> str:
-        module = self.trainer.lightning_module if self.trainer is not None else None
+        accepted = self.recipe().packings
         if self.packing is None:
-            return getattr(module, "packing", "contiguous")
-        accepted = getattr(module, "packings", None)
-        if accepted is not None and self.packing not in accepted:
-            detail = f" with model.pair_task={module.pair_task}" if hasattr(module, "pair_task") else ""
+            return accepted[0]
+        if self.packing not in accepted:
             raise ConfigError(
-                f"data.packing={self.packing} does not suit the {type(module).__name__} objective{detail}: it takes "
+                f"data.packing={self.packing} does not suit {self.recipe().name}: it takes "
                 f"{' or '.join(accepted)} (leave data.packing unset for its default, {accepted[0]})"
             )
         return self.packing
@@ -272,7 +285,7 @@ class PretrainDataModule(ResumableLoaders, L.LightningDataModule):
         return {"train": (store, np.sort(order[taken:])), **splits}
 
     def _collate_fn(self):
-        return self.trainer.lightning_module.collator(self.tokenizer.ids, self.seed, not self.cross_document_attention)
+        return self.recipe().collator(self.tokenizer.ids, self.seed, not self.cross_document_attention)
 
     def train_dataloader(self) -> DataLoader:
         _, world = self._rank()

@@ -1,3 +1,5 @@
+"""One attention module for self-, cross- and two-stream attention, with an optional KV cache."""
+
 from __future__ import annotations
 
 import torch
@@ -5,32 +7,77 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_ptm.nn.config import ModelConfig
+from lit_ptm.nn.mask import LoweredMask, attend
 
 
-def attention_mask(
-    causal: bool, length: int, key_padding: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None
-) -> torch.Tensor | None:
-    """The boolean SDPA mask [B, 1, L, L] (True = may attend), or None where ``is_causal`` or no mask will do.
+class LayerCache:
+    """One layer's keys and values, (B, nh, max_length, hs) each, preallocated: ``update`` writes the new
+    positions after the ``length`` already held and returns all of them. A ``static`` cache (an
+    encoder's keys for cross-attention) is filled once and then returned as it is."""
 
-    key_padding [B, L]: True for real tokens. segment_ids [B, L]: tokens attend only within their
-    segment (documents packed into one window); padding must carry a segment id of its own, so that
-    no query row is left with nothing to attend to.
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, length: int, static: bool = False):
+        self.k, self.v, self.length, self.static = k, v, length, static
+
+    @property
+    def filled(self) -> bool:
+        return self.static and self.length > 0
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.filled:
+            return self.k[:, :, : self.length], self.v[:, :, : self.length]
+        end = (0 if self.static else self.length) + k.size(2)
+        if end > self.k.size(2):
+            raise ValueError(f"the KV cache holds {self.k.size(2)} positions; {end} were asked for")
+        self.k[:, :, end - k.size(2) : end] = k
+        self.v[:, :, end - k.size(2) : end] = v
+        if self.static:
+            self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class KVCache:
+    """The keys and values of every layer for the positions seen so far (generation: each step feeds
+    only the new tokens). ``length`` is the number of positions held; the stack advances it after
+    a forward. ``cross`` holds a decoder's per-layer cross-attention keys (the encoder's, computed once)."""
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_length: int, device=None, dtype=torch.float32,
+                 cross_length: int = 0):
+        shape = (config.num_layers, batch_size, config.num_heads, max_length, config.head_size)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+        cross_shape = (*shape[:3], cross_length, shape[4])
+        self.cross = [LayerCache(torch.zeros(cross_shape[1:], device=device, dtype=dtype),
+                                 torch.zeros(cross_shape[1:], device=device, dtype=dtype), 0, static=True)
+                      for _ in range(config.num_layers)] if cross_length else None
+
+    @property
+    def max_length(self) -> int:
+        return self.k.size(3)
+
+    def layer(self, i: int) -> LayerCache:
+        return LayerCache(self.k[i], self.v[i], self.length)
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep the batch rows ``index`` (beam search: each surviving beam takes its parent's cache)."""
+        self.k, self.v = self.k.index_select(1, index), self.v.index_select(1, index)
+        for c in self.cross or ():
+            c.k, c.v = c.k.index_select(0, index), c.v.index_select(0, index)
+
+
+class Attention(nn.Module):
+    """Multi-head attention through ``F.scaled_dot_product_attention`` (or FlexAttention, see nn.mask).
+
+    - self-attention: ``attention(x, mask)``; q, k and v come from one fused projection (the fast path);
+    - cross-attention: ``attention(x, mask, context=memory)`` on a module of its own: queries from x,
+      keys and values from ``context`` (an encoder's output), whose padding the mask describes;
+    - two-stream attention (XLNet, MPNet): ``attention(g, mask, context=h)`` on the *same* module as h's
+      self-attention: the query stream g attends to the content stream's keys and values with shared weights;
+    - cached decoding: ``cache`` holds the keys and values of earlier positions.
     """
-    if segment_ids is not None:
-        mask = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
-    elif key_padding is not None:
-        mask = key_padding[:, None, None, :].expand(-1, 1, length, -1)
-    else:
-        return None
-    if causal:
-        mask = mask & torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
-        if segment_ids is None:  # a padding query row would see nothing: let it see itself
-            mask = mask | torch.eye(length, dtype=torch.bool, device=mask.device)
-    return mask
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -38,10 +85,23 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.bias)
         self.out = nn.Linear(config.hidden_size, config.hidden_size, bias=config.bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        B, T, _ = x.shape  # (B, T, n * C) -> n x (B, nh, T, hs)
+        return x.view(B, T, n, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+
+    def forward(self, x: torch.Tensor, mask: LoweredMask, context: torch.Tensor | None = None,
+                cache: LayerCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal and mask is None
-        )  # (B, nh, T, hs)
+        if context is None:
+            q, k, v = self._heads(self.qkv(x), 3)  # 3 x (B, nh, T, hs)
+        else:
+            w, b = self.qkv.weight, self.qkv.bias
+            q = self._heads(F.linear(x, w[:C], b[:C] if b is not None else None), 1)[0]
+            if cache is not None and cache.filled:  # cross-attention keys were computed at the first step
+                k = v = None
+            else:
+                k, v = self._heads(F.linear(context, w[C:], b[C:] if b is not None else None), 2)  # (B, nh, S, hs)
+        if cache is not None:
+            k, v = cache.update(k, v)
+        y = attend(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         return self.out(y.transpose(1, 2).reshape(B, T, C))

@@ -41,12 +41,13 @@ class ModelConfig:
     bias: bool = True  # biases in attention and feed-forward projections
     dropout: float = 0.1
     attention_dropout: float = 0.1
-    causal: bool = False  # decoder mode (set by causal objectives)
     tie_word_embeddings: bool = True
     lm_head_transform: bool = True  # dense + activation + LayerNorm before the output projection (BERT)
     lm_head_bias: bool = True
     init_std: float = 0.02
     scale_residual_init: bool = False  # GPT-2: residual output projections get std / sqrt(2 * num_layers)
+    feed_forward: Literal["dense"] = "dense"  # the blocks' feed-forward class (nn.layers.FEED_FORWARDS)
+    block_position_embedding: bool = False  # a second position table (GLM's 2D positions: the position inside a blank)
 
     def __post_init__(self):
         def bad(key, why):
@@ -94,3 +95,11 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelConfig:
+        """From ``to_dict``'s output, also that of older checkpoints (whose ``causal`` flag now belongs to the objective)."""
+        return cls(**{k: v for k, v in values.items() if k not in LEGACY_KEYS})
+
+
+LEGACY_KEYS = ("causal",)  # settings older checkpoints record that are no longer ModelConfig's

@@ -6,7 +6,9 @@ from torch import nn
 
 from lit_ptm.nn.config import ModelConfig
 from lit_ptm.nn.layers import activation
-from lit_ptm.nn.losses import linear_cross_entropy
+from lit_ptm.nn.losses import IGNORE_INDEX, linear_cross_entropy
+
+ROW_BUCKET = 128  # compiled loss: predicted rows are padded to a multiple of this
 
 
 class LMHead(nn.Module):
@@ -29,6 +31,7 @@ class LMHead(nn.Module):
         self.embedding = embedding if config.tie_word_embeddings else None
         self.weight = None if config.tie_word_embeddings else nn.Parameter(torch.empty(config.vocab_size, E))
         self.bias = nn.Parameter(torch.zeros(config.vocab_size)) if config.lm_head_bias else None
+        self._compiled_loss = None
         if self.weight is not None:
             nn.init.normal_(self.weight, std=config.init_std)
         for m in self.transform.modules():
@@ -47,7 +50,25 @@ class LMHead(nn.Module):
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor, want_argmax: bool = False):
         """Mean cross-entropy of the rows ``hidden`` [N, H] against ``targets`` [N] (and the argmax
         prediction per row if asked), without materialising the [N, V] logits."""
+        if self._compiled_loss is None:
+            return self._loss(hidden, targets, want_argmax)
+        # Compiled: the fused loss walks its rows in chunks, a loop the compiler unrolls for one row
+        # count. MLM's count changes from batch to batch, so rows are padded (ignored) up to a multiple
+        # of ROW_BUCKET: a handful of shapes, each compiled once, instead of a recompilation a batch.
+        n = hidden.size(0)
+        padded = -(-n // ROW_BUCKET) * ROW_BUCKET
+        if padded != n:
+            hidden = F.pad(hidden, (0, 0, 0, padded - n))
+            targets = F.pad(targets, (0, padded - n), value=IGNORE_INDEX)
+        loss, argmax = self._compiled_loss(hidden, targets, want_argmax)
+        return loss, argmax[:n] if argmax is not None else None
+
+    def _loss(self, hidden: torch.Tensor, targets: torch.Tensor, want_argmax: bool):
         return linear_cross_entropy(self.transform(hidden), self.output_weight, self.bias, targets, want_argmax)
+
+    def compile_loss(self) -> None:
+        """Compile the transform + fused cross-entropy (see ``loss``)."""
+        self._compiled_loss = torch.compile(self._loss, dynamic=False)
 
 
 class _Activation(nn.Module):

@@ -1,74 +1,116 @@
-"""The shared stack: embeddings + blocks (+ final norm), in encoder (bidirectional) or decoder (causal) mode."""
+"""The shared stack: embeddings + blocks (+ final norm). Which positions see which is the caller's mask."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from lit_ptm.errors import ConfigError
-from lit_ptm.nn.attention import attention_mask as build_attention_mask
+from lit_ptm.nn.attention import KVCache
 from lit_ptm.nn.config import ModelConfig
 from lit_ptm.nn.layers import Block
+from lit_ptm.nn import mask as masks
+from lit_ptm.nn.mask import AttentionMask
 
 
 class Embeddings(nn.Module):
+    """Token (+ position, + segment, + block position) tables of width E, summed, normalised and dropped out.
+
+    A module of its own so that stacks can share it: ELECTRA's generator and discriminator, or an
+    encoder and a decoder over one vocabulary, hold the same ``Embeddings`` (each stack projects
+    E to its own width when they differ)."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.max_positions, self.offset = config.max_length, config.position_offset
-        E = config.embed_size  # ALBERT: every embedding in E dimensions, then one projection to H
+        E = config.embed_size  # ALBERT: every embedding in E dimensions, then one projection to H (in the stack)
         self.tokens = nn.Embedding(config.vocab_size, E)
         self.positions = nn.Embedding(config.max_position_embeddings, E) if config.position_embedding == "learned" else None
         self.token_types = nn.Embedding(config.type_vocab_size, E) if config.type_vocab_size else None
         self.norm = nn.LayerNorm(E, eps=config.norm_eps) if config.embedding_norm else None
         self.dropout = nn.Dropout(config.dropout)
-        # Factorised (ALBERT): always projected, also where E == H, as HF's ALBERT is.
-        self.project = nn.Linear(E, config.hidden_size) if config.embedding_size is not None else None
+        # GLM's 2D positions: a second table for the position inside a blank (0 outside the blanks).
+        self.block_positions = nn.Embedding(config.max_position_embeddings, E) if config.block_position_embedding else None
 
-    def forward(self, input_ids, position_ids=None, token_type_ids=None) -> torch.Tensor:
+    @property
+    def width(self) -> int:
+        return self.tokens.embedding_dim
+
+    def forward(self, input_ids, position_ids=None, token_type_ids=None, block_position_ids=None, start: int = 0) -> torch.Tensor:
+        """input_ids [B, T] -> (B, T, E). Without position ids, positions run from ``start`` (the
+        positions a KV cache already holds)."""
         T = input_ids.size(1)
-        if T > self.max_positions:
+        if start + T > self.max_positions:
             raise ConfigError(
-                f"sequence length {T} exceeds the model's {self.max_positions} positions (model.config.max_position_embeddings "
+                f"sequence length {start + T} exceeds the model's {self.max_positions} positions (model.config.max_position_embeddings "
                 "less position_offset); lower data.seq_length or raise max_position_embeddings"
             )
-        x = self.tokens(input_ids)  # (B, T, H)
+        x = self.tokens(input_ids)  # (B, T, E)
         if self.positions is not None:
-            x = x + (self.positions.weight[self.offset : self.offset + T] if position_ids is None else self.positions(position_ids + self.offset))
+            first = self.offset + start
+            x = x + (self.positions.weight[first : first + T] if position_ids is None else self.positions(position_ids + self.offset))
         if self.token_types is not None:  # no ids given: every token is in segment 0 (as in BERT)
             x = x + (self.token_types.weight[0] if token_type_ids is None else self.token_types(token_type_ids))
+        if self.block_positions is not None:
+            x = x + (self.block_positions.weight[0] if block_position_ids is None else self.block_positions(block_position_ids))
         if self.norm is not None:
             x = self.norm(x)
-        x = self.dropout(x)
-        return self.project(x) if self.project is not None else x  # (B, T, H)
+        return self.dropout(x)
+
+
+@dataclass
+class StackOutput:
+    """hidden (B, T, H); aux_losses: the blocks' auxiliary losses summed over layers (an MoE balance
+    loss), which the objective adds to its loss; cache: the KV cache, advanced past these tokens."""
+
+    hidden: torch.Tensor
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    cache: KVCache | None = None
 
 
 class Transformer(nn.Module):
-    """Token ids -> hidden states (B, T, H). Knows nothing of objectives."""
+    """Token ids -> hidden states. Knows nothing of objectives: the caller's ``AttentionMask`` says what
+    each position sees (bidirectional, causal, prefix, packed documents, permutations).
 
-    def __init__(self, config: ModelConfig):
+    ``embeddings``: another stack's ``Embeddings`` to share (their width must be ``config.embed_size``).
+    ``cross_attention``: every block also attends to a ``context`` (a decoder over an encoder's output).
+    """
+
+    def __init__(self, config: ModelConfig, embeddings: Embeddings | None = None, cross_attention: bool = False):
         super().__init__()
         if config.vocab_size is None:
             raise ConfigError("model.config.vocab_size is not set (it is taken from the tokenizer when training)")
+        if embeddings is not None and embeddings.width != config.embed_size:
+            raise ConfigError(
+                f"a shared embedding table is {embeddings.width} wide, but this stack's model.config.embedding_size "
+                f"is {config.embed_size}"
+            )
         self.config = config
-        self.embeddings = Embeddings(config)
-        self.blocks = nn.ModuleList(self._shared_blocks(config))
+        shared = embeddings is not None
+        self.embeddings = embeddings if shared else Embeddings(config)
+        # Factorised (ALBERT): always projected, also where E == H, as HF's ALBERT is.
+        self.project = nn.Linear(config.embed_size, config.hidden_size) if config.embedding_size is not None else None
+        self.blocks = nn.ModuleList(self._shared_blocks(config, cross_attention))
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps) if config.final_norm else None
-        self.apply(self._init_weights)
+        for name, module in self.named_children():
+            if not (shared and name == "embeddings"):  # a shared table keeps its owner's weights
+                module.apply(self._init_weights)
         if config.scale_residual_init:
             for block in self.blocks:
                 for proj in (block.attention.out, block.ffn.down):
                     nn.init.normal_(proj.weight, std=config.init_std / math.sqrt(2 * config.num_layers))
 
     @staticmethod
-    def _shared_blocks(config: ModelConfig) -> list[Block]:
+    def _shared_blocks(config: ModelConfig, cross_attention: bool) -> list[Block]:
         """The blocks, with ALBERT's cross-layer sharing: every layer reuses the first layer's
         modules (all), or only its attention or feed-forward sub-layer (with that sub-layer's norm)."""
-        first = Block(config)
+        first = Block(config, cross_attention)
         if config.share == "all":
             return [first] * config.num_layers
-        blocks = [first] + [Block(config) for _ in range(config.num_layers - 1)]
+        blocks = [first] + [Block(config, cross_attention) for _ in range(config.num_layers - 1)]
         for block in blocks[1:]:
             if config.share == "attention":
                 block.attention, block.attention_norm = first.attention, first.attention_norm
@@ -86,16 +128,57 @@ class Transformer(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """input_ids [B, T]; attention_mask [B, T] (True/1 = real token); segment_ids [B, T] confine
-        attention to packed documents. Returns hidden states [B, T, H]."""
-        causal = self.config.causal
-        key_padding = attention_mask.bool() if attention_mask is not None else None
-        mask = build_attention_mask(causal, input_ids.size(1), key_padding, segment_ids)
-        x = self.embeddings(input_ids, position_ids, token_type_ids)
-        for block in self.blocks:
-            x = block(x, mask, causal)
-        return self.final_norm(x) if self.final_norm is not None else x
+        self, input_ids: torch.Tensor, mask: AttentionMask | None = None, *, position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None, block_position_ids: torch.Tensor | None = None,
+        context: torch.Tensor | None = None, context_mask: AttentionMask | None = None, cache: KVCache | None = None,
+    ) -> StackOutput:
+        """input_ids [B, T] -> StackOutput(hidden [B, T, H], aux_losses, cache).
 
+        mask: the attention pattern (None: bidirectional over every position). With a ``cache`` the
+        T tokens follow the ``cache.length`` positions it holds; the mask's padding / documents then
+        cover all ``cache.length + T`` positions. context [B, S, H] + context_mask: an encoder's output
+        for the cross-attention blocks."""
+        mask = mask if mask is not None else AttentionMask()
+        T, start = input_ids.size(1), cache.length if cache is not None else 0
+        x = self.embeddings(input_ids, position_ids, token_type_ids, block_position_ids, start=start)
+        if self.project is not None:
+            x = self.project(x)  # (B, T, H)
+        # Lowered once for every layer. FlexAttention (CUDA) where the pattern is structured and sparse
+        # (documents, prefixes) and no attention dropout is drawn: it takes none.
+        flex = (x.is_cuda and masks.USE_FLEX and (mask.documents is not None or mask.prefix_length is not None)
+                and not (self.training and self.config.attention_dropout > 0))
+        lowered = mask.lower(T, start + T, start, flex=flex)
+        lowered_context = None
+        if context is not None:
+            lowered_context = (context_mask or AttentionMask()).lower(T, context.size(1), 0)
+        aux: dict[str, torch.Tensor] = {}
+        for i, block in enumerate(self.blocks):
+            x, block_aux = block(
+                x, lowered, cache=cache.layer(i) if cache is not None else None, context=context, context_mask=lowered_context,
+                cross_cache=cache.cross[i] if cache is not None and cache.cross is not None else None,
+            )
+            for name, value in block_aux.items():
+                aux[name] = aux[name] + value if name in aux else value
+        if cache is not None:
+            cache.advance(T)
+        return StackOutput(self.final_norm(x) if self.final_norm is not None else x, aux, cache)
+
+    def new_cache(self, batch_size: int, max_length: int, cross_length: int = 0, dtype=None) -> KVCache:
+        """An empty KV cache for ``batch_size`` sequences of up to ``max_length`` positions."""
+        weight = self.blocks[0].attention.qkv.weight
+        return KVCache(self.config, batch_size, max_length, weight.device, dtype or weight.dtype, cross_length)
+
+
+# Tensor names of older checkpoints -> today's: the factorised-embedding projection moved from the
+# embeddings to the stack (embeddings are shared between stacks; each stack projects to its own width).
+LEGACY_NAMES = ((".embeddings.project.", ".project."),)
+
+
+def upgrade_state_dict(state: dict) -> dict:
+    """A checkpoint's state dict with older tensor names renamed to today's (in place, and returned)."""
+    for key in [k for k in state if any(old in k for old, _ in LEGACY_NAMES)]:
+        new = key
+        for old, now in LEGACY_NAMES:
+            new = new.replace(old, now)
+        state[new] = state.pop(key)
+    return state

@@ -13,12 +13,14 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
 
 from lit_ptm.callbacks import CheckpointMismatchError
 from lit_ptm.errors import ConfigError
 from lit_ptm.hf import family_of
-from lit_ptm.nn import ModelConfig, Transformer
-from lit_ptm.tokenizer import SpecialIds
+from lit_ptm.data.batch import Batch, DataRecipe
+from lit_ptm.nn import AttentionMask, ModelConfig, StackOutput, Transformer
+from lit_ptm.nn.stack import upgrade_state_dict
 
 CHECKPOINT_FORMAT = 1
 SCHEDULES = ("linear", "cosine", "constant")
@@ -134,40 +136,81 @@ def apply_configured_optim(module: L.LightningModule) -> None:
             group["lr"] = lr
 
 
-class PretrainObjective(L.LightningModule):
-    """Base of every objective: owns the stack (``self.transformer``), the optimizer and the logging.
+@dataclass
+class LossParts:
+    """What an objective's step computes, for the base to optimise and log generically.
 
-    Subclasses set ``packing`` (the window builder they want by default) and ``packings`` (every one
-    their collator accepts), build their heads in ``build_heads``,
-    pair a collator with them in ``collator`` and compute ``loss_parts``.
+    loss: the objective's loss (mean over its predicted units); the base adds ``aux`` to it once.
+    num_predicted: its weight in an evaluation mean (predicted tokens).
+    parts: named losses that make up ``loss`` ({"mlm": ..., "nsp": ...}), logged as ``{split}/{name}_loss``
+        when there are two or more.
+    accuracies: {name: (predictions, targets)}, logged as ``{split}/{name}_acc``.
+    lm_loss: the language-model part, for perplexity (default: ``loss``).
+    aux: the stacks' auxiliary losses (StackOutput.aux_losses: an MoE balance loss), logged as ``{split}/{name}``.
     """
 
-    packing = "contiguous"
-    packings: tuple[str, ...] = ("contiguous",)
-    causal = False
-    special_roles: tuple[str, ...] = ()  # the special tokens its windows and collator place (tokenizer roles)
-    backbone = "transformer"  # the attribute holding the stack that fine-tuning and continued pretraining reuse
+    loss: torch.Tensor
+    num_predicted: int
+    parts: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    accuracies: dict[str, tuple[torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=dict)
+    lm_loss: torch.Tensor | None = None
+    aux: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
-    def __init__(self, config: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig(), pretrained: str | None = None):
+    @property
+    def total(self) -> torch.Tensor:
+        return self.loss + sum(self.aux.values()) if self.aux else self.loss
+
+
+class PretrainObjective(L.LightningModule):
+    """Base of every objective: owns its named stacks, the optimizer and the logging.
+
+    Subclasses say how they read (``causal``), which stacks they own (``build_stacks``; one named
+    "transformer" by default) and which of them is ``backbone`` (the one fine-tuning, continued
+    pretraining and export take), build their heads in ``build_heads``, hand the data side its
+    ``data_recipe`` and compute ``loss_parts``.
+    """
+
+    causal = False  # how the backbone reads: recorded in checkpoints, so fine-tuning lays inputs out for it
+    special_roles: tuple[str, ...] = ()  # the special tokens its windows and collator place (tokenizer roles)
+    backbone = "transformer"  # the name of the stack that fine-tuning, continued pretraining and export take
+
+    def __init__(self, config: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig(), pretrained: str | None = None,
+                 compile: bool = False):
         """``pretrained``: a run directory or checkpoint to start from (continued pretraining, e.g. on a
         new domain's corpus): its architecture and weights, with a fresh optimizer and schedule. The
-        data must use its tokenizer (the run's tokenizer.json is taken when data.tokenizer is unset)."""
+        data must use its tokenizer (the run's tokenizer.json is taken when data.tokenizer is unset).
+        ``compile``: compile the training step with torch.compile (the stacks; the heads' fused loss).
+        The stacks are built in ``configure_model`` (Lightning calls it), once the vocabulary is known."""
         super().__init__()
         save_plain_hyperparameters(self)
-        self.config = dataclasses.replace(config, causal=self.causal)
-        self.optim, self.pretrained = optim, pretrained
-        self.transformer: Transformer | None = None
+        self.config, self.optim, self.pretrained, self.compile_step = config, optim, pretrained, compile
+        self.stack_names: tuple[str, ...] = ()
         self._last_step_time: float | None = None
-        if config.vocab_size is not None and pretrained is None:  # e.g. loaded from a checkpoint: build right away
-            self.configure_model()
+        self._metrics_built = False
 
     # -- building -------------------------------------------------------------------------------
     def _datamodule(self):
         trainer = self._trainer
         return getattr(trainer, "datamodule", None) if trainer is not None else None
 
+    def data_recipe(self) -> DataRecipe:
+        """The packing and collator this objective needs, handed to the data module."""
+        raise NotImplementedError
+
+    def build_stacks(self) -> dict[str, Transformer]:
+        """The objective's stacks by name (encoder / decoder, generator / discriminator); one by default."""
+        return {"transformer": Transformer(self.config)}
+
+    def stack(self, name: str | None = None) -> Transformer:
+        """The stack called ``name``; the backbone by default."""
+        return getattr(self, name or self.backbone)
+
+    @property
+    def is_built(self) -> bool:
+        return bool(self.stack_names)
+
     def configure_model(self) -> None:
-        """Build the stack and heads once the vocabulary is known (from the data's tokenizer), and
+        """Build the stacks and heads once the vocabulary is known (from the data's tokenizer), and
         check the model against the data even when it was built before (from hyper-parameters)."""
         dm = self._datamodule()
         tokenizer = getattr(dm, "tokenizer", None)
@@ -185,7 +228,7 @@ class PretrainObjective(L.LightningModule):
                 f"data.seq_length={dm.seq_length} exceeds model.config.max_position_embeddings="
                 f"{self.config.max_position_embeddings}{offset}"
             )
-        if self.transformer is not None:
+        if self.is_built:
             return
         run = None
         if self.pretrained is not None:
@@ -195,17 +238,24 @@ class PretrainObjective(L.LightningModule):
             check_tokenizer(run, tokenizer)
             # The pretrained run's architecture, with this config's dropout; this run's checkpoints
             # rebuild from their own config and weights, without the old checkpoint.
-            self.config = dataclasses.replace(
-                run.config, causal=self.causal, dropout=self.config.dropout, attention_dropout=self.config.attention_dropout
-            )
+            self.config = dataclasses.replace(run.config, dropout=self.config.dropout, attention_dropout=self.config.attention_dropout)
             self.hparams["config"], self.hparams["pretrained"] = self.config.to_dict(), None
             self.started_from = str(run.checkpoint)
-        elif tokenizer is not None and self.config.vocab_size is None:
+        elif self.config.vocab_size is None:
+            if tokenizer is None:
+                raise ConfigError("model.config.vocab_size is unknown: give it, or train with a data module (its tokenizer sets it)")
             self.config = dataclasses.replace(self.config, vocab_size=tokenizer.vocab_size)
             # Record the resolved size, so that the checkpoint's hyper-parameters rebuild the same model.
             self.hparams["config"]["vocab_size"] = tokenizer.vocab_size
-        self.transformer = Transformer(self.config)
+        # "{split}_{part}" -> accuracy of that part (keys are not "train": ModuleDict forbids Module attribute names)
+        self.accuracy = torch.nn.ModuleDict()
+        stacks = self.build_stacks()
+        for name, stack in stacks.items():
+            setattr(self, name, stack)
+        self.stack_names = tuple(stacks)
         self.build_heads()
+        if self.compile_step:
+            self.compile_for_training()
         # Per evaluation split: the objective's loss, and the LM part of it (for perplexity).
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_lm_loss, self.test_lm_loss = MeanMetric(), MeanMetric()
@@ -213,48 +263,78 @@ class PretrainObjective(L.LightningModule):
             self._load_pretrained_weights(run)
 
     def _load_pretrained_weights(self, run) -> None:
-        """Continued pretraining: the stack's weights all come from the run; heads this objective shares
-        with the checkpoint's (the LM head) continue, others start fresh."""
-        own = self.state_dict()
-        matching = {k: v for k, v in run.state_dict.items() if k in own and own[k].shape == v.shape}
-        missing_backbone = [k for k in own if k.startswith(f"{self.backbone}.") and k not in matching]
-        if missing_backbone:
+        """Continued pretraining: the backbone's weights all come from the run's backbone (whatever each
+        objective names it); heads this objective shares with the checkpoint's (the LM head) continue,
+        others start fresh."""
+        backbone = self.stack()
+        missing, _ = backbone.load_state_dict(run.backbone_state(), strict=False)
+        if missing:
             raise CheckpointMismatchError(
-                f"model.pretrained={run.checkpoint} lacks weights this model's stack needs: {', '.join(missing_backbone[:5])}"
+                f"model.pretrained={run.checkpoint} lacks weights this model's stack needs: {', '.join(missing[:5])}"
             )
-        self.load_state_dict(matching, strict=False)
-        fresh = sorted({k.split(".")[0] for k in own if k not in matching})
-        print(f"continued pretraining from {run.checkpoint} ({run.objective}): {len(matching)} tensors loaded"
+        own = self.state_dict()
+        prefix = run.backbone + "."
+        heads = {k: v for k, v in run.state_dict.items()
+                 if not k.startswith(prefix) and k in own and own[k].shape == v.shape}
+        self.load_state_dict(heads, strict=False)
+        loaded = {f"{self.backbone}.{k}" for k in backbone.state_dict()} | set(heads)
+        fresh = sorted({k.split(".")[0] for k in own if k not in loaded})
+        print(f"continued pretraining from {run.checkpoint} ({run.objective}): {len(loaded)} tensors loaded"
               + (f"; new: {', '.join(fresh)}" if fresh else ""))
 
+    def compile_for_training(self) -> None:
+        """torch.compile the stacks (in place: parameter names and checkpoints are unchanged) and every
+        head's fused loss. The glue between them (gathering the predicted rows, whose number varies
+        from batch to batch) stays eager; the stacks trace without graph breaks (tests/test_stack.py)."""
+        for name in self.stack_names:
+            self.stack(name).compile()
+        for module in self.modules():
+            if hasattr(module, "compile_loss"):
+                module.compile_loss()
+
     def build_heads(self) -> None:
+        """Build the heads (and declare their accuracies with ``track_accuracy``)."""
         raise NotImplementedError
 
-    def collator(self, ids: SpecialIds, seed: int, isolate_documents: bool):
-        raise NotImplementedError
+    def track_accuracy(self, name: str, num_classes: int) -> None:
+        """Accuracy of the loss part ``name`` per split: LossParts.accuracies[name] feeds it."""
+        for split in ("train", "val", "test"):
+            self.accuracy[f"{split}_{name}"] = MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
 
     # -- steps ----------------------------------------------------------------------------------
-    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The stack's hidden states (B, T, H) for a collated batch (padding, packed documents, positions)."""
-        return self.transformer(
-            batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"),
-            batch.get("token_type_ids"), batch.get("segment_ids"),
+    def attention_mask(self, batch: Batch) -> AttentionMask:
+        """The batch's attention pattern as this objective reads it (causal or not, prefix, documents)."""
+        return AttentionMask.from_batch(batch, causal=self.causal)
+
+    def encode(self, batch: Batch, stack: str | None = None) -> StackOutput:
+        """A stack's output (hidden states (B, T, H), auxiliary losses) for a collated batch."""
+        return self.stack(stack)(
+            batch["input_ids"], self.attention_mask(batch), position_ids=batch.get("position_ids"),
+            token_type_ids=batch.get("token_type_ids"),
         )
 
-    def loss_parts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Returns at least ``loss`` (mean over predicted tokens) and ``num_predicted``."""
+    def loss_parts(self, batch: Batch) -> LossParts:
         raise NotImplementedError
+
+    def _log_parts(self, split: str, parts: LossParts, batch: Batch) -> None:
+        step = split == "train"
+        n = len(batch["input_ids"])  # epoch means weight batches by their size
+        if len(parts.parts) > 1 or parts.aux:
+            for name, value in {**{f"{k}_loss": v for k, v in parts.parts.items()}, **parts.aux}.items():
+                self.log(f"{split}/{name}", value, on_step=step, on_epoch=not step, batch_size=n)
+        for name, (predictions, targets) in parts.accuracies.items():
+            metric = self.accuracy[f"{split}_{name}"]
+            metric(predictions, targets)
+            self.log(f"{split}/{name}_acc", metric, on_step=step, on_epoch=not step, batch_size=n)
 
     def training_step(self, batch, batch_idx):
         parts = self.loss_parts(batch)
-        self.log("train/loss", parts["loss"], prog_bar=True)
-        self.log_extra("train", parts, batch)
+        loss = parts.total
+        self.log("train/loss", loss, prog_bar=True)
+        self._log_parts("train", parts, batch)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         self._tokens_in_step = batch.get("num_tokens", batch["input_ids"].numel())
-        return parts["loss"]
-
-    def log_extra(self, split: str, parts: dict, batch: dict) -> None:
-        """Objective-specific metrics (accuracies, loss parts)."""
+        return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         now = time.perf_counter()
@@ -268,9 +348,10 @@ class PretrainObjective(L.LightningModule):
 
     def _eval_step(self, split: str, batch):
         parts = self.loss_parts(batch)
-        getattr(self, f"{split}_loss").update(parts["loss"].detach(), weight=parts["num_predicted"])
-        getattr(self, f"{split}_lm_loss").update(parts.get("lm_loss", parts["loss"]).detach(), weight=parts["num_predicted"])
-        self.log_extra(split, parts, batch)
+        getattr(self, f"{split}_loss").update(parts.total.detach(), weight=parts.num_predicted)
+        lm_loss = parts.lm_loss if parts.lm_loss is not None else parts.loss
+        getattr(self, f"{split}_lm_loss").update(lm_loss.detach(), weight=parts.num_predicted)
+        self._log_parts(split, parts, batch)
 
     def _eval_epoch_end(self, split: str):
         loss, lm_loss = getattr(self, f"{split}_loss"), getattr(self, f"{split}_lm_loss")
@@ -310,7 +391,9 @@ class PretrainObjective(L.LightningModule):
             "format": CHECKPOINT_FORMAT,
             "objective": type(self).__name__,
             "backbone": self.backbone,
-            "family": family_of(self.config),  # the HF architecture it matches (export), or None
+            "stacks": list(self.stack_names),
+            "causal": self.causal,  # how the backbone reads: fine-tuning lays its inputs out for it
+            "family": family_of(self.config, self.causal),  # the HF architecture it matches (export), or None
             "started_from": getattr(self, "started_from", None),
             "model_config": self.config.to_dict(),
             "tokenizer_sha": tokenizer.sha if tokenizer is not None else None,
@@ -319,6 +402,7 @@ class PretrainObjective(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("lit_ptm")
+        upgrade_state_dict(checkpoint.get("state_dict", {}))
         if meta is None:
             raise CheckpointMismatchError("the checkpoint was not written by lit_ptm (no 'lit_ptm' entry)")
         if meta["objective"] != type(self).__name__:

@@ -4,12 +4,12 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassAccuracy
 
+from lit_ptm.data.batch import DataRecipe
 from lit_ptm.data.collate import MLMCollator, PairMLMCollator
 from lit_ptm.errors import ConfigError
 from lit_ptm.nn import LMHead, ModelConfig, PairHead
-from lit_ptm.objectives.base import OptimConfig, PretrainObjective
+from lit_ptm.objectives.base import LossParts, OptimConfig, PretrainObjective
 
 
 class MaskedLM(PretrainObjective):
@@ -24,7 +24,7 @@ class MaskedLM(PretrainObjective):
     def __init__(
         self, config: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig(),
         mlm_probability: float = 0.15, whole_word_mask: bool = False, max_ngram: int = 1, pair_task: Literal["none", "nsp", "sop"] = "none",
-        pretrained: str | None = None,
+        pretrained: str | None = None, compile: bool = False,
     ):
         if not 0.0 < mlm_probability < 1.0:
             raise ConfigError(f"model.mlm_probability={mlm_probability} must be in (0, 1)")
@@ -39,59 +39,52 @@ class MaskedLM(PretrainObjective):
                 f"model.config.type_vocab_size >= 2 (got {config.type_vocab_size})"
             )
         self.max_ngram = max_ngram  # > 1: ALBERT's n-gram masking over whole words, p(n) ~ 1/n
-        # The packings this objective can use (the first is its default): sentence pairs for a pair
-        # task, else whole-sentence windows of L tokens (contiguous windows are GPT's L + 1).
-        self.packings = ("doc_sentences", "full_sentences") if pair_task == "none" else (f"{pair_task}_pairs",)
-        self.packing = self.packings[0]
-        super().__init__(config, optim, pretrained)
+        super().__init__(config, optim, pretrained, compile)
 
     special_roles = ("cls", "sep", "mask")
 
+    def data_recipe(self) -> DataRecipe:
+        """Sentence pairs for a pair task, else whole-sentence windows of L tokens (contiguous windows are
+        GPT's L + 1); dynamic masking in the collator."""
+        if self.pair_task != "none":
+            def collator(ids, seed, isolate_documents):
+                return PairMLMCollator(ids, seed, self.pair_task, self.mlm_probability, self.whole_word_mask, self.max_ngram)
+
+            return DataRecipe(packings=(f"{self.pair_task}_pairs",), collator=collator, special_roles=self.special_roles,
+                              name=f"the MaskedLM objective with model.pair_task={self.pair_task}")
+
+        def collator(ids, seed, isolate_documents):
+            return MLMCollator(ids, seed, self.mlm_probability, self.whole_word_mask, isolate_documents, self.max_ngram)
+
+        return DataRecipe(packings=("doc_sentences", "full_sentences"), collator=collator, special_roles=self.special_roles,
+                          name="the MaskedLM objective")
+
     def build_heads(self) -> None:
-        self.lm_head = LMHead(self.config, self.transformer.embeddings.tokens)
-        V = self.config.vocab_size
-        self.accuracy = torch.nn.ModuleDict(  # keys are not "train": ModuleDict forbids Module attribute names
-            {f"{s}_acc": MulticlassAccuracy(num_classes=V, average="micro", validate_args=False) for s in ("train", "val", "test")}
-        )
+        self.lm_head = LMHead(self.config, self.stack().embeddings.tokens)
+        self.track_accuracy("mlm", self.config.vocab_size)
         if self.pair_task != "none":
             self.pair_head = PairHead(self.config)
-            self.pair_accuracy = torch.nn.ModuleDict(
-                {f"{s}_acc": MulticlassAccuracy(num_classes=2, average="micro") for s in ("train", "val", "test")}
-            )
+            self.track_accuracy(self.pair_task, 2)
 
-    def collator(self, ids, seed, isolate_documents):
-        if self.pair_task != "none":
-            return PairMLMCollator(ids, seed, self.pair_task, self.mlm_probability, self.whole_word_mask, self.max_ngram)
-        return MLMCollator(ids, seed, self.mlm_probability, self.whole_word_mask, isolate_documents, self.max_ngram)
-
-    def forward(self, input_ids, **kw) -> torch.Tensor:
-        return self.lm_head(self.transformer(input_ids, **kw))
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, V] at every position (for inspection)."""
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return self.lm_head(self.encode({k: v for k, v in batch.items() if v is not None}).hidden)
 
     def loss_parts(self, batch):
-        hidden = self.encode(batch)  # (B, T, H)
-        labels = batch["labels"]
+        out = self.encode(batch)
+        hidden, labels = out.hidden, batch["labels"]  # (B, T, H), (B, T)
         predicted = labels != -100
         targets = labels[predicted]
         # The head runs on the masked positions only: (P, H) -> loss, never (B, T, V) logits.
         mlm_loss, predictions = self.lm_head.loss(hidden[predicted], targets, want_argmax=True)
-        parts = {"loss": mlm_loss, "lm_loss": mlm_loss, "num_predicted": targets.numel(), "predictions": predictions, "targets": targets}
+        parts = LossParts(loss=mlm_loss, num_predicted=targets.numel(), parts={"mlm": mlm_loss}, lm_loss=mlm_loss,
+                          accuracies={"mlm": (predictions, targets)}, aux=out.aux_losses)
         if self.pair_task != "none":
             pair_logits = self.pair_head(hidden)  # (B, 2)
-            parts["pair_loss"] = F.cross_entropy(pair_logits.float(), batch["pair_labels"])
-            parts["pair_predictions"] = pair_logits.detach().argmax(-1)
-            parts["loss"] = mlm_loss + parts["pair_loss"]
+            pair_loss = F.cross_entropy(pair_logits.float(), batch["pair_labels"])
+            parts.parts[self.pair_task] = pair_loss
+            parts.accuracies[self.pair_task] = (pair_logits.detach().argmax(-1), batch["pair_labels"])
+            parts.loss = mlm_loss + pair_loss
         return parts
-
-    def log_extra(self, split, parts, batch):
-        step = split == "train"
-        n = len(batch["input_ids"])  # epoch means weight batches by their size
-        acc = self.accuracy[f"{split}_acc"]
-        acc(parts["predictions"], parts["targets"])
-        self.log(f"{split}/mlm_acc", acc, on_step=step, on_epoch=not step, batch_size=n)
-        if self.pair_task != "none":
-            task = self.pair_task
-            self.log(f"{split}/mlm_loss", parts["lm_loss"], on_step=step, on_epoch=not step, batch_size=n)
-            self.log(f"{split}/{task}_loss", parts["pair_loss"], on_step=step, on_epoch=not step, batch_size=n)
-            pair_acc = self.pair_accuracy[f"{split}_acc"]
-            pair_acc(parts["pair_predictions"], batch["pair_labels"])
-            self.log(f"{split}/{task}_acc", pair_acc, on_step=step, on_epoch=not step, batch_size=n)

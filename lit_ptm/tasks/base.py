@@ -14,7 +14,8 @@ import torch
 from lit_ptm.callbacks import CheckpointMismatchError
 from lit_ptm.errors import ConfigError
 from lit_ptm.hf import family_of
-from lit_ptm.nn import ModelConfig, Transformer
+from lit_ptm.nn import AttentionMask, ModelConfig, Transformer
+from lit_ptm.nn.stack import upgrade_state_dict
 from lit_ptm.objectives.base import (
     CHECKPOINT_FORMAT, OptimConfig, adamw_with_schedule, apply_configured_optim, clip_gradients, restore_rng_state, rng_state,
     save_plain_hyperparameters,
@@ -39,12 +40,14 @@ class FinetuneTask(L.LightningModule):
         predictions_file: where ``predict`` writes (JSONL); default ``<run dir>/predictions.jsonl``.
         from_scratch: take only the pretrained run's architecture (and tokenizer), not its weights: the
             baseline "same model, no pretraining" to compare a fine-tuned run with.
+        causal: whether the backbone reads causally (GPT) or bidirectionally; None: as the pretrained
+            run was trained to read (bidirectionally for a fresh backbone). Inputs are laid out for it.
     """
 
     def __init__(
         self, pretrained: str | None = None, config: ModelConfig = ModelConfig(), optim: OptimConfig = FINETUNE_OPTIM,
         layer_decay: float = 1.0, freeze_embeddings: bool = False, predictions_file: str | None = None,
-        from_scratch: bool = False,
+        from_scratch: bool = False, causal: bool | None = None,
     ):
         super().__init__()
         if not 0.0 < layer_decay <= 1.0:
@@ -52,7 +55,7 @@ class FinetuneTask(L.LightningModule):
         save_plain_hyperparameters(self)
         self.pretrained, self.optim, self.layer_decay = pretrained, optim, layer_decay
         self.freeze_embeddings, self.predictions_file, self.from_scratch = freeze_embeddings, predictions_file, from_scratch
-        self.config = config
+        self.config, self.causal = config, causal
         self.transformer: Transformer | None = None
         self.started_from: str | None = None
         self._run = None  # the pretrained run, read once (see architecture())
@@ -68,11 +71,10 @@ class FinetuneTask(L.LightningModule):
         return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
 
     # -- building -------------------------------------------------------------------------------
-    def _build_if_restorable(self) -> None:
-        """Called by subclasses at the end of __init__: a module restored from a fine-tuned checkpoint
-        (its config resolved, its labels known) is built at once, without the pretrained run."""
-        if self.config.vocab_size is not None and self.pretrained is None and self.labels_known:
-            self.configure_model()
+    def reads_causally(self) -> bool:
+        """How the backbone reads, which decides the input layout and the pooled position."""
+        self.architecture()
+        return bool(self.causal)
 
     def architecture(self) -> ModelConfig:
         """The model's config, the pretrained run's once known. The data module builds features (laid out
@@ -82,6 +84,9 @@ class FinetuneTask(L.LightningModule):
             self._run = load_pretrained(self.pretrained)
             # The run's architecture as a bidirectional or causal reader, as it was pretrained; dropout from this config.
             self.config = dataclasses.replace(self._run.config, dropout=self.config.dropout, attention_dropout=self.config.attention_dropout)
+            if self.causal is None:
+                self.causal = self._run.causal
+                self.hparams["causal"] = self.causal
         return self.config
 
     def configure_model(self) -> None:
@@ -128,7 +133,7 @@ class FinetuneTask(L.LightningModule):
     def require_special_tokens(self, tokenizer) -> None:
         """The special tokens this task's inputs are laid out with (tasks.features) must be in the tokenizer;
         checked before any feature is built."""
-        causal = self.architecture().causal
+        causal = self.reads_causally()
         roles = self.special_roles or (("eos",) if causal else ("cls", "sep"))
         tokenizer.require(*roles, purpose=f"fine-tuning a {'causal' if causal else 'bidirectional'} model")
 
@@ -147,7 +152,9 @@ class FinetuneTask(L.LightningModule):
 
     # -- helpers --------------------------------------------------------------------------------
     def encode(self, batch: dict) -> torch.Tensor:
-        return self.transformer(batch["input_ids"], batch.get("attention_mask"), None, batch.get("token_type_ids"))
+        """Hidden states (B, T, H) of the batch, read as the backbone was pretrained to read."""
+        mask = AttentionMask.from_batch(batch, causal=self.reads_causally())
+        return self.transformer(batch["input_ids"], mask, token_type_ids=batch.get("token_type_ids")).hidden
 
     pooling = "auto"
 
@@ -160,7 +167,7 @@ class FinetuneTask(L.LightningModule):
                 return hidden.mean(1)
             weights = real.to(hidden.dtype)[..., None]
             return (hidden * weights).sum(1) / weights.sum(1)
-        if not self.config.causal:
+        if not self.reads_causally():
             return hidden[:, 0]
         last = batch["lengths"] - 1
         return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
@@ -199,7 +206,7 @@ class FinetuneTask(L.LightningModule):
         if self.layer_decay == 1.0:
             return 1.0
         L_ = self.config.num_layers
-        if name.startswith("transformer.embeddings."):
+        if name.startswith(("transformer.embeddings.", "transformer.project.")):  # the embeddings and their projection
             depth = 0
         elif match := re.match(r"transformer\.blocks\.(\d+)\.(\w+)", name):
             # A shared sub-layer (ALBERT) is listed once, under block 0, but serves every depth: it trains
@@ -226,7 +233,8 @@ class FinetuneTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         tokenizer = getattr(self._datamodule(), "tokenizer", None)
         checkpoint["lit_ptm"] = {
-            "format": CHECKPOINT_FORMAT, "objective": type(self).__name__, "backbone": "transformer", "family": family_of(self.config),
+            "format": CHECKPOINT_FORMAT, "objective": type(self).__name__, "backbone": "transformer", "family": family_of(self.config, self.reads_causally()),
+            "causal": self.reads_causally(),
             "model_config": self.config.to_dict(),
             "tokenizer_sha": tokenizer.sha if tokenizer is not None else None, "started_from": self.started_from,
             **rng_state(),  # dropout: a resumed fine-tuning run continues the very run it was
@@ -234,6 +242,7 @@ class FinetuneTask(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("lit_ptm") or {}
+        upgrade_state_dict(checkpoint.get("state_dict", {}))
         if meta.get("objective") not in (None, type(self).__name__):
             raise CheckpointMismatchError(
                 f"the checkpoint holds a {meta['objective']} model, but this run's task is {type(self).__name__}; "

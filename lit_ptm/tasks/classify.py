@@ -52,17 +52,16 @@ class SequenceClassification(FinetuneTask):
     def __init__(
         self, pretrained: str | None = None, config: ModelConfig = ModelConfig(), optim: OptimConfig = FINETUNE_OPTIM,
         layer_decay: float = 1.0, freeze_embeddings: bool = False, predictions_file: str | None = None,
-        from_scratch: bool = False,
+        from_scratch: bool = False, causal: bool | None = None,
         labels: list[str] | None = None, regression: bool = False, classifier_dropout: float = 0.1,
         pooler_from_pretrained: bool = False, pooling: str = "auto",
     ):
-        super().__init__(pretrained, config, optim, layer_decay, freeze_embeddings, predictions_file, from_scratch)
+        super().__init__(pretrained, config, optim, layer_decay, freeze_embeddings, predictions_file, from_scratch, causal)
         self.labels, self.regression, self.classifier_dropout = labels, regression, classifier_dropout
         self.pooler_from_pretrained = pooler_from_pretrained
         if pooling not in ("auto", "mean"):
             raise ConfigError(f"model.pooling={pooling!r} is not one of auto, mean")
         self.pooling = pooling
-        self._build_if_restorable()
 
     @property
     def labels_known(self) -> bool:
@@ -99,7 +98,7 @@ class SequenceClassification(FinetuneTask):
             self.hparams["labels"] = self.labels
         texts = [field(r, data.text_field, path, str) for r in records]
         pairs = [field(r, data.text_pair_field, path, str) for r in records] if data.text_pair_field else None
-        features = encode_texts(data.tokenizer, texts, pairs, data.max_length, self.architecture().causal)
+        features = encode_texts(data.tokenizer, texts, pairs, data.max_length, self.reads_causally())
         index = {name: i for i, name in enumerate(self.labels or [])}
         for f, r in zip(features, records):
             f["ids"], f["token_type"] = torch.tensor(f["ids"]), torch.tensor(f["token_type"])

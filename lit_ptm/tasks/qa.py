@@ -29,13 +29,12 @@ class ExtractiveQA(FinetuneTask):
     def __init__(
         self, pretrained: str | None = None, config: ModelConfig = ModelConfig(), optim: OptimConfig = FINETUNE_OPTIM,
         layer_decay: float = 1.0, freeze_embeddings: bool = False, predictions_file: str | None = None,
-        from_scratch: bool = False,
+        from_scratch: bool = False, causal: bool | None = None,
         max_answer_tokens: int = 30, max_question_tokens: int = 64,
     ):
-        super().__init__(pretrained, config, optim, layer_decay, freeze_embeddings, predictions_file, from_scratch)
+        super().__init__(pretrained, config, optim, layer_decay, freeze_embeddings, predictions_file, from_scratch, causal)
         self.max_answer_tokens, self.max_question_tokens = max_answer_tokens, max_question_tokens
         self._best: dict[int, tuple[float, str]] = {}
-        self._build_if_restorable()
 
     def build_head(self, pretrained_state):
         self.head = nn.Linear(self.config.hidden_size, 2)

@@ -66,12 +66,11 @@ class TokenClassification(FinetuneTask):
     def __init__(
         self, pretrained: str | None = None, config: ModelConfig = ModelConfig(), optim: OptimConfig = FINETUNE_OPTIM,
         layer_decay: float = 1.0, freeze_embeddings: bool = False, predictions_file: str | None = None,
-        from_scratch: bool = False,
+        from_scratch: bool = False, causal: bool | None = None,
         labels: list[str] | None = None, classifier_dropout: float = 0.1,
     ):
-        super().__init__(pretrained, config, optim, layer_decay, freeze_embeddings, predictions_file, from_scratch)
+        super().__init__(pretrained, config, optim, layer_decay, freeze_embeddings, predictions_file, from_scratch, causal)
         self.labels, self.classifier_dropout = labels, classifier_dropout
-        self._build_if_restorable()
 
     @property
     def labels_known(self) -> bool:
@@ -103,7 +102,7 @@ class TokenClassification(FinetuneTask):
         for r, ws, ts in zip(records, words, tags):
             if ts is not None and len(ts) != len(ws):
                 raise CorpusError(f"{path}:{r['_line']}: {len(ws)} words but {len(ts)} tags")
-            ids, word_ids = encode_words(data.tokenizer, [str(w) for w in ws], data.max_length, self.architecture().causal)
+            ids, word_ids = encode_words(data.tokenizer, [str(w) for w in ws], data.max_length, self.reads_causally())
             feature = {"ids": torch.tensor(ids), "word_ids": word_ids, "num_words": len(ws), "id": r.get(data.id_field, r["_line"])}
             if ts is not None:
                 unknown = [t for t in ts if t not in index]

@@ -10,7 +10,7 @@ class CausalLMCollator:
     """Next-token prediction: windows of L + 1 tokens become inputs [B, L] and labels [B, L].
 
     With ``isolate_documents`` each token attends only within its own document and position ids
-    restart at each document (``segment_ids`` / ``position_ids`` in the batch).
+    restart at each document (``document_ids`` / ``position_ids`` in the batch).
     """
 
     def __init__(self, ids: SpecialIds, isolate_documents: bool = True):
@@ -28,6 +28,6 @@ class CausalLMCollator:
         if self.isolate_documents:
             segment = pad_windows(samples, "segment", -1)[:, :-1]
             if (segment != segment[:, :1]).any():
-                batch["segment_ids"] = segment
+                batch["document_ids"] = segment
                 batch["position_ids"] = segment_positions(segment)
         return batch

@@ -142,6 +142,6 @@ class MLMCollator:
         if self.isolate_documents:
             segment = pad_windows(samples, "segment", -1)
             if (segment.masked_fill(~real, 0) != 0).any():
-                batch["segment_ids"] = segment
+                batch["document_ids"] = segment
                 batch["position_ids"] = segment_positions(segment)
         return batch

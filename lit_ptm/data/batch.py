@@ -1,0 +1,36 @@
+"""The keys of a collated batch, written down once: collators produce them, objectives read them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, TypedDict
+
+import torch
+
+
+class Batch(TypedDict, total=False):
+    input_ids: torch.Tensor  # [B, L] the (corrupted) input
+    labels: torch.Tensor  # [B, L] the target token per position, -100 where nothing is predicted
+    attention_mask: torch.Tensor  # [B, L] bool, True for real tokens; absent when no row is padded
+    document_ids: torch.Tensor  # [B, L] packed-document id per token (padding: -1); absent: one document a row
+    position_ids: torch.Tensor  # [B, L] positions restarting at each packed document; absent: 0..L-1
+    token_type_ids: torch.Tensor  # [B, L] segment (A = 0, B = 1) of sentence pairs
+    prefix_length: torch.Tensor  # [B] a prefix LM's bidirectional prefix (UniLM seq2seq, GLM Part A)
+    pair_labels: torch.Tensor  # [B] NSP (1 = random B) / SOP (1 = swapped) targets
+    num_tokens: int  # real tokens in the batch (a plain int: logging throughput never waits on the device)
+
+
+@dataclass(frozen=True)
+class DataRecipe:
+    """What an objective asks of the pretraining data, handed to the data module explicitly.
+
+    packings: the window builders its collator accepts; the first is its default.
+    collator: ``collator(special_ids, seed, isolate_documents) -> callable(samples) -> Batch``.
+    special_roles: the special tokens its windows and collator place (tokenizer roles).
+    name: how errors name the objective ("the MaskedLM objective with model.pair_task=nsp").
+    """
+
+    packings: tuple[str, ...]
+    collator: Callable
+    special_roles: tuple[str, ...] = ()
+    name: str = "the objective"

@@ -1,0 +1,132 @@
+"""Generation: greedy, sampling and beam search over the KV cache, batched prompts, the subcommand."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import run_cli, run_module, tiny_args
+from lit_ptm.errors import ConfigError
+from lit_ptm.generate import GenerationConfig, Generator
+from lit_ptm.nn import ModelConfig
+from lit_ptm.objectives import CausalLM, MaskedLM
+
+TINY = ModelConfig(vocab_size=60, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=64,
+                   dropout=0.0, attention_dropout=0.0, norm_position="pre", final_norm=True, embedding_norm=False)
+EOS, PAD = 2, 0
+
+
+@pytest.fixture(scope="module")
+def pattern_model():
+    """A tiny GPT trained on the cycle 10, 11, ..., 29, 10, 11, ...: greedy decoding must continue it."""
+    torch.manual_seed(0)
+    model = CausalLM(config=TINY)
+    model.configure_model()
+    cycle = torch.arange(10, 30)
+    rows = torch.stack([cycle.roll(-s).repeat(3)[:41] for s in range(20)])
+    batch = {"input_ids": rows[:, :-1], "labels": rows[:, 1:]}
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(200):
+        model.loss_parts(batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    torch.manual_seed(1)
+    model = CausalLM(config=TINY)
+    model.configure_model()
+    return model.eval()
+
+
+def test_greedy_continues_a_learned_pattern(pattern_model):
+    new = Generator(pattern_model, EOS, PAD).generate([[14, 15, 16, 17]], GenerationConfig(max_new_tokens=12))[0]
+    assert new == [18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29]
+
+
+@pytest.mark.parametrize("config", [GenerationConfig(max_new_tokens=10), GenerationConfig(max_new_tokens=10, temperature=1.0, seed=3),
+                                    GenerationConfig(max_new_tokens=10, num_beams=3)], ids=["greedy", "sampling", "beam"])
+def test_the_cache_changes_nothing(random_model, config):
+    gen = Generator(random_model, EOS, PAD)
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12]]
+    cached = gen.generate(prompts, config)
+    uncached = gen.generate(prompts, GenerationConfig(**{**config.__dict__, "use_cache": False}))
+    assert cached == uncached and all(len(row) for row in cached)
+
+
+def test_a_prompt_batch_equals_the_prompts_one_by_one(random_model):
+    """Left padding: every prompt's positions start at 0 and nobody attends to the padding."""
+    gen = Generator(random_model, None, PAD)
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15]]
+    config = GenerationConfig(max_new_tokens=8)
+    assert gen.generate(prompts, config) == [gen.generate([p], config)[0] for p in prompts]
+
+
+def test_beam_size_one_is_greedy_and_wider_beams_score_at_least_as_high(random_model):
+    gen = Generator(random_model, None, PAD)
+    prompt = [5, 6, 7]
+    greedy = gen.generate([prompt], GenerationConfig(max_new_tokens=8))[0]
+    assert gen.generate([prompt], GenerationConfig(max_new_tokens=8, num_beams=1))[0] == greedy
+
+    def log_likelihood(new):
+        ids = torch.tensor([prompt + new])
+        logprobs = torch.log_softmax(random_model(ids), -1)[0, len(prompt) - 1 : -1]
+        return logprobs.gather(1, torch.tensor(new)[:, None]).sum().item()
+
+    beam = gen.generate([prompt], GenerationConfig(max_new_tokens=8, num_beams=4, length_penalty=0.0))[0]
+    assert len(beam) == 8 and log_likelihood(beam) >= log_likelihood(greedy) - 1e-5
+
+
+def test_generation_stops_at_eos_and_pads_finished_rows(pattern_model):
+    """The learned cycle reaches 29; call 29 the end of text: each row stops right after it."""
+    gen = Generator(pattern_model, eos_id=29, pad_id=PAD)
+    new = gen.generate([[24, 25], [20, 21, 22]], GenerationConfig(max_new_tokens=15))
+    assert new == [[26, 27, 28, 29], [23, 24, 25, 26, 27, 28, 29]]
+    assert gen.generate([[24, 25]], GenerationConfig(max_new_tokens=15, num_beams=2))[0] == [26, 27, 28, 29]
+
+
+def test_sampling_is_reproducible_with_a_seed_and_top_k_or_p_narrow_it(random_model):
+    gen = Generator(random_model, None, PAD)
+    prompts = [[5, 6, 7]] * 3
+    hot = GenerationConfig(max_new_tokens=12, temperature=2.0, seed=7)
+    first = gen.generate(prompts, hot)
+    assert gen.generate(prompts, hot) == first
+    assert len({tuple(r) for r in first}) > 1  # rows draw independently
+    assert gen.generate(prompts, GenerationConfig(**{**hot.__dict__, "seed": 8})) != first
+    greedy = gen.generate(prompts, GenerationConfig(max_new_tokens=12))
+    assert gen.generate(prompts, GenerationConfig(**{**hot.__dict__, "top_k": 1})) == greedy
+    assert gen.generate(prompts, GenerationConfig(**{**hot.__dict__, "top_p": 1e-6})) == greedy
+
+
+def test_bad_settings_and_models_are_refused(random_model):
+    with pytest.raises(ConfigError, match="--top_p=1.5"):
+        GenerationConfig(top_p=1.5)
+    with pytest.raises(ConfigError, match="exceeds the model's 64 positions"):
+        Generator(random_model, EOS, PAD).generate([[5] * 60], GenerationConfig(max_new_tokens=10))
+    with pytest.raises(ConfigError, match="reads bidirectionally"):
+        Generator(MaskedLM(config=TINY), EOS, PAD)
+
+
+def test_the_generate_subcommand_prints_and_writes_jsonl(tmp_path, cache_dir):
+    run = tmp_path / "gpt"
+    run_cli(["fit", *tiny_args("gpt", run, "--trainer.max_steps", "4", "--trainer.val_check_interval", "4")])
+    printed = run_module(["generate", "--ckpt_path", str(run), "--prompt", "The import statement", "--max_new_tokens", "5",
+                          "--no_stop_at_eos"])
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.strip()
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": 1, "prompt": "def"}\n{"id": 2, "prompt": "The class"}\n')
+    out = tmp_path / "out.jsonl"
+    args = ["generate", "--ckpt_path", str(run / "last.ckpt"), "--prompts_file", str(prompts), "--output", str(out),
+            "--max_new_tokens", "4", "--num_beams", "2", "--no_stop_at_eos"]
+    assert run_module(args).returncode == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [1, 2] and all(len(r["completion_ids"]) == 4 for r in rows)
+    again = run_module(args)  # never overwrites without --overwrite
+    assert again.returncode == 2 and "exists" in again.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1}\n')
+    refused = run_module(["generate", "--ckpt_path", str(run), "--prompts_file", str(bad)])
+    assert refused.returncode == 2 and f"{bad}:1" in refused.stderr
