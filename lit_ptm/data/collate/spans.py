@@ -1,0 +1,352 @@
+"""Masked-LM corruption in two stages: span selection, then corruption.
+
+Stage 1, ``select_spans``, decides which tokens are corrupted and groups them into spans:
+``span_id`` [B, L] is 0 on kept tokens and numbers the spans of each row 1..n in position order.
+Two spans that touch keep distinct ids (they never merge), so a per-span decision, a sentinel or
+an infilled [MASK] never straddles two of them. How long spans are is a ``SpanLengths`` value:
+single tokens, whole words, or lengths in words drawn from a table (ALBERT's n-grams, SpanBERT's
+geometric, BART's / GLM's Poisson); a new distribution is one more table, not another loop.
+
+Stage 2 corrupts the selected spans:
+- ``mask_random_keep``: BERT's 80/10/10 decided per token (BERT, RoBERTa, ALBERT) or per span
+  (SpanBERT); rows keep their length.
+- ``sentinel_spans``: T5: each span becomes one sentinel; the target is ``<s1> span1 <s2> span2 ...``.
+- ``delete_spans``: the selected tokens are dropped (BART's token deletion).
+- ``infill_spans``: BART's text infilling: each span, an empty one too, becomes one [MASK].
+The last three change row lengths. Each lays every position's output out as a few "slots" (e.g. a
+sentinel for an empty span before the token, then the token or its span's sentinel) and
+left-compacts the kept slots with one cumsum and one scatter (``_compact``): no loop over tokens
+or rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, get_args
+
+import torch
+
+SpanKind = Literal["token", "word", "ngram", "geometric", "poisson"]
+
+
+@dataclass(frozen=True)
+class SpanLengths:
+    """The length distribution of selected spans.
+
+    - "token": single tokens; exactly the budget's lowest-scoring candidates (BERT, RoBERTa).
+    - "word": whole words, in random word order, while the count is nearer the budget with the
+      next word than without it (whole-word masking).
+    - "ngram": n whole words, p(n) proportional to 1/n for n = min_n..max_n (ALBERT: max_n = 3).
+    - "geometric": n whole words, p(n) proportional to p (1 - p)^(n - 1), clipped to min_n..max_n
+      and renormalised (SpanBERT: p = 0.2, max_n = 10, mean ~3.8 words).
+    - "poisson": n whole words, p(n) proportional to mean^n e^-mean / n!, truncated to
+      min_n..max_n (BART: mean 3, min_n = 0, an empty span being an insertion; GLM: 1..39).
+    The drawn kinds ("ngram", "geometric", "poisson") share one selection loop (``_draw_spans``):
+    they differ only in ``probabilities()``. Without word starts, every token is a word.
+    """
+
+    kind: SpanKind = "token"
+    max_n: int = 3  # longest span, in words (drawn kinds only)
+    min_n: int = 1  # shortest span; 0 (Poisson only) admits empty spans, i.e. insertions
+    p: float = 0.2  # geometric: success probability
+    mean: float = 3.0  # poisson: lambda
+
+    def __post_init__(self):
+        if self.kind not in get_args(SpanKind):
+            raise ValueError(f"SpanLengths.kind must be one of {get_args(SpanKind)}, not {self.kind!r}")
+        if not (0 <= self.min_n <= self.max_n and self.max_n >= 1):
+            raise ValueError(f"SpanLengths needs 0 <= min_n <= max_n and max_n >= 1, not {self.min_n}..{self.max_n}")
+        if self.min_n == 0 and self.kind != "poisson":
+            raise ValueError("empty spans (min_n = 0) are defined for kind='poisson' only")
+        if (self.kind == "geometric" and not 0 < self.p <= 1) or (self.kind == "poisson" and not self.mean > 0):
+            raise ValueError(f"invalid parameters for {self.kind!r}: p={self.p}, mean={self.mean}")
+
+    @property
+    def drawn(self) -> bool:
+        """Whether span lengths are drawn from ``probabilities()`` (one noise value per round)."""
+        return self.kind not in ("token", "word")
+
+    def probabilities(self) -> torch.Tensor:
+        """p(n) for n = min_n..max_n, float32 [max_n - min_n + 1]; computed in float64 and normalised
+        before the cast, so that ALBERT's table (6/11, 3/11, 2/11) is the one recorded runs used."""
+        n = torch.arange(self.min_n, self.max_n + 1, dtype=torch.float64)
+        if self.kind == "ngram":
+            weight = 1.0 / n
+        elif self.kind == "geometric":
+            weight = self.p * (1 - self.p) ** (n - 1)
+        elif self.kind == "poisson":
+            weight = torch.exp(n * torch.log(torch.tensor(self.mean, dtype=torch.float64)) - self.mean - torch.lgamma(n + 1))
+        else:
+            raise ValueError(f"kind {self.kind!r} has no length table: its spans are one token or one word")
+        return (weight / weight.sum()).float()
+
+
+class Spans(NamedTuple):
+    """Selected spans. ``span_id`` [B, L] long: 0 = not selected, spans 1..n per row in position order.
+    ``inserted`` [B, L] long: the id of an empty span placed just before token i (0 = none); empty
+    spans (BART's insertions) are numbered together with the others, and are all zero unless the
+    length distribution admits n = 0."""
+
+    span_id: torch.Tensor
+    inserted: torch.Tensor
+
+
+def mask_budget(candidate: torch.Tensor, probability: float) -> torch.Tensor:
+    """round(probability * n) of each row's n candidate tokens, at least one when n > 0. [B, L] -> [B] long"""
+    n = candidate.sum(1)
+    return torch.where(n > 0, torch.clamp((n * probability).round().long(), min=1), 0)
+
+
+def span_starts(span_id: torch.Tensor) -> torch.Tensor:
+    """True at the first token of each span. [B, L] long -> [B, L] bool (touching spans differ in id)."""
+    before = torch.nn.functional.pad(span_id[:, :-1], (1, 0))
+    return (span_id > 0) & (span_id != before)
+
+
+def select_spans(
+    candidate: torch.Tensor, budget: torch.Tensor, scores: torch.Tensor, length_noise: torch.Tensor | None = None,
+    length: SpanLengths = SpanLengths(), word_start: torch.Tensor | None = None,
+) -> Spans:
+    """Select about ``budget`` candidate tokens per row, grouped in spans drawn from ``length``.
+
+    candidate [B, L] bool: tokens that may be selected (not special tokens, not padding);
+    budget [B] long: tokens to select per row (``mask_budget``); scores [B, L] uniform in [0, 1):
+    the random order of tokens (a word takes its first token's score); length_noise [B, L] uniform
+    in [0, 1): column r draws the span length of selection round r (drawn kinds only);
+    word_start [B, L] bool: True where a word starts (None: every token is a word). Non-candidate
+    tokens are words of their own, and a row always starts a word. Selected tokens are always
+    candidates. Returns ``Spans``.
+    """
+    B, L = candidate.shape
+    if length.kind == "token":
+        score = scores.masked_fill(~candidate, 2.0)
+        threshold = score.sort(dim=1).values.gather(1, (budget - 1).clamp(min=0)[:, None])  # the budget-th lowest score
+        selected = (score <= threshold) & candidate
+        span_id = selected.long().cumsum(1) * selected  # each token is a span
+        return Spans(span_id, torch.zeros_like(span_id))
+    # Special tokens and padding are words of their own, and a row always starts a word.
+    starts = (word_start if word_start is not None else torch.ones_like(candidate)) | ~candidate
+    starts[:, 0] = True
+    if length.kind == "word":
+        arange = torch.arange(L).expand(B, L)
+        word_first = torch.where(starts, arange, 0).cummax(dim=1).values  # position of each token's word start
+        score = scores.gather(1, word_first).masked_fill(~candidate, 2.0)  # one score per word
+        # In random word order (stable sort keeps a word's tokens together), count candidate tokens.
+        order = score.sort(dim=1, stable=True).indices
+        counted = torch.zeros_like(score).scatter_(1, order, candidate.gather(1, order).float().cumsum(1))
+        word_index = starts.long().cumsum(1) - 1
+        # Tokens selected so far when the whole word is in: the count at its last token.
+        word_total = torch.zeros_like(score).scatter_reduce(1, word_index, counted, "amax", include_self=True)
+        word_size = torch.zeros_like(score).scatter_add_(1, word_index, candidate.float())
+        token_total, token_word_size = word_total.gather(1, word_index), word_size.gather(1, word_index)
+        # Take words while the budget is closer with the word than without it (its midpoint is within
+        # budget), so the selected count is the nearest to the budget that whole words allow.
+        within = token_total - token_word_size / 2 <= budget[:, None].float()
+        first_word = token_total.masked_fill(~candidate, float("inf")).min(dim=1, keepdim=True).values
+        selected = candidate & (within | (token_total <= first_word))
+        # Each word is a span: a span starts at a selected word start, or after an unselected token
+        # (a candidate piece glued to a special token's word).
+        before = torch.nn.functional.pad(selected[:, :-1], (1, 0))
+        return _number(selected, selected & (starts | ~before))
+    if length_noise is None:
+        raise ValueError(f"SpanLengths(kind={length.kind!r}) draws span lengths: pass length_noise [B, L]")
+    return _draw_spans(candidate, starts, budget, scores, length_noise, length)
+
+
+def _number(selected: torch.Tensor, start: torch.Tensor, inserted: torch.Tensor | None = None) -> Spans:
+    """Number spans (and empty spans) 1..n per row in position order; an empty span before token i
+    comes before a span that starts at i. All [B, L] bool (``inserted`` None: no empty spans) -> ``Spans``."""
+    events = start.long() if inserted is None else inserted.long() + start.long()
+    count = events.cumsum(1)  # [B, L]: spans begun up to and including position i
+    # A span's tokens carry the id given at its first token: carry it right with cummax (ids only
+    # grow along a row), then clear the unselected tokens.
+    span_id = torch.where(start, count, 0).cummax(dim=1).values * selected
+    if inserted is None:
+        return Spans(span_id, torch.zeros_like(span_id))
+    return Spans(span_id, torch.where(inserted, count - start.long(), 0))
+
+
+def _draw_spans(candidate: torch.Tensor, starts: torch.Tensor, budget: torch.Tensor, order_noise: torch.Tensor,
+                length_noise: torch.Tensor, length: SpanLengths) -> Spans:
+    """Spans of whole words with lengths drawn from ``length.probabilities()``, vectorised over the batch.
+
+    Candidate words are visited in random order (one per row per round); each proposes a span of n
+    whole words, n drawn from the table with that round's length noise, shrunk while it would
+    overshoot the budget, and taken unless it overlaps one already taken, runs past a special token
+    or would swallow an empty span. n = 0 proposes an empty span before the word (taken unless the
+    word is taken or already has one). The loop runs over rounds (spans), never over tokens, and
+    ends when every row has met its budget or run out of words; a row that took nothing (all its
+    words are longer than its budget) takes its first word. With kind "ngram" this is ALBERT's
+    n-gram masking, selection for selection as lit_ptm made it before spans had ids.
+    """
+    B, L = candidate.shape
+    word_index = starts.long().cumsum(1) - 1  # [B, L]
+    word_len = torch.zeros(B, L, dtype=torch.long).scatter_add_(1, word_index, candidate.long())  # tokens per word
+    all_candidate = torch.zeros(B, L, dtype=torch.long).scatter_reduce_(1, word_index, candidate.long(), "amin", include_self=False)
+    word_ok = (all_candidate > 0) & (word_len > 0)  # every token of the word may be selected
+    first_token = torch.where(starts, torch.arange(L).expand(B, L), L)
+    word_start_pos = torch.full((B, L), L, dtype=torch.long).scatter_reduce_(1, word_index, first_token, "amin")
+    word_score = torch.where(word_ok, order_noise.gather(1, word_start_pos.clamp(max=L - 1)), 2.0)
+    order = word_score.argsort(dim=1)  # random word order, candidates first
+    thresholds = length.probabilities().cumsum(0)  # inverse CDF over n = min_n..max_n
+    M = length.max_n
+    # Words w..w+m-1, for m = 1..M: their token counts and whether all are candidate words. [B, L, M]
+    lens = torch.stack([word_len.roll(-k, 1) for k in range(M)], -1).cumsum(-1)
+    oks = torch.stack([word_ok.roll(-k, 1) & (torch.arange(L) < L - k) for k in range(M)], -1).cummin(-1).values
+    rows, m_range, offsets = torch.arange(B), torch.arange(1, M + 1), torch.arange(M)
+    # Per word, with a spare column L that absorbs writes for rows that take nothing this round:
+    # the round (1-based) whose span took the word, 0 = free. A span's words share their round and
+    # touching spans differ in it, so spans are told apart without marking their first words.
+    taken = torch.zeros(B, L + 1, dtype=torch.long)
+    empty_before = torch.zeros(B, L + 1, dtype=torch.bool)  # an empty span just before the word
+    count = torch.zeros(B, dtype=torch.long)
+    for r in range(L):
+        w = order[:, r]  # [B]
+        active = word_ok[rows, w] & (count < budget)
+        if not active.any():
+            break
+        n = length.min_n + (length_noise[:, r, None] >= thresholds[None, :-1]).sum(1)  # [B], one draw per round
+        fits = oks[rows, w] & (count[:, None] + lens[rows, w] <= budget[:, None]) & (m_range[None, :] <= n[:, None])
+        m = torch.where(fits, m_range, 0).max(1).values  # longest span <= n words that fits; 0: none
+        cols = torch.where(offsets[None, :] < m[:, None], w[:, None] + offsets, L)  # the span's words, [B, M]
+        overlap = (taken.gather(1, cols) > 0).any(1)  # spans never overlap
+        if length.min_n == 0:
+            # An empty span may sit before a span, never inside one; n = 0 proposes one before w.
+            overlap |= empty_before.gather(1, torch.where(offsets > 0, cols, L)).any(1)
+            insert = active & (n == 0) & (taken[rows, w] == 0) & ~empty_before[rows, w]
+            empty_before[rows, torch.where(insert, w, L)] = True
+            empty_before[:, L] = False
+        accept = active & (m > 0) & ~overlap
+        taken.scatter_(1, torch.where(accept[:, None], cols, L), r + 1)
+        taken[:, L] = 0  # the spare column only absorbs writes; it must never read as taken
+        count += torch.where(accept, lens[rows, w, (m - 1).clamp(min=0)], 0)
+    # A row whose every word is longer than its budget (e.g. one 3-token word, budget 1) still
+    # predicts something: its first word in random order, as whole-word masking does.
+    empty = (count == 0) & word_ok.any(1)
+    taken[rows[empty], order[empty, 0]] = L + 1
+    round_taken = taken[:, :L].gather(1, word_index)  # [B, L]: per token
+    selected = (round_taken > 0) & candidate
+    before = torch.nn.functional.pad(round_taken[:, :-1], (1, 0))
+    start = selected & (round_taken != before)
+    # An empty span marked on a word sits before the word's first token.
+    inserted = empty_before[:, :L].gather(1, word_index) & starts if length.min_n == 0 else None
+    return _number(selected, start, inserted)
+
+
+def mask_random_keep(
+    input_ids: torch.Tensor, span_id: torch.Tensor, decision_noise: torch.Tensor, token_noise: torch.Tensor,
+    regular_ids: torch.Tensor, mask_id: int, mask_ratio: float = 0.8, random_ratio: float = 0.1,
+    decide: Literal["token", "span"] = "token",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's corruption of the selected tokens: [MASK] with ``mask_ratio``, a random regular token
+    with ``random_ratio``, else unchanged (ELECTRA's generator: 0.85, 0.0).
+
+    input_ids, span_id [B, L]; decision_noise [B, L] uniform: the draw deciding between the three;
+    with ``decide="span"`` every token takes its span's first draw, so a span is masked, randomised
+    or kept as a whole (SpanBERT); token_noise [B, L] uniform: the random token of each position
+    (drawn per token in either case). Returns (corrupted ids, labels with -100 where not selected).
+    """
+    selected = span_id > 0
+    decision = decision_noise
+    if decide == "span":
+        arange = torch.arange(span_id.size(1)).expand_as(span_id)
+        first = torch.where(span_starts(span_id), arange, 0).cummax(dim=1).values  # each token's span start
+        decision = decision_noise.gather(1, first)
+    to_mask = selected & (decision < mask_ratio)
+    to_random = selected & (decision >= mask_ratio) & (decision < mask_ratio + random_ratio)
+    random_tokens = regular_ids[(token_noise * len(regular_ids)).long().clamp(max=len(regular_ids) - 1)]
+    corrupted = torch.where(to_mask, mask_id, torch.where(to_random, random_tokens, input_ids))
+    labels = input_ids.masked_fill(~selected, -100)
+    return corrupted, labels
+
+
+def _compact(slots: torch.Tensor, keep: torch.Tensor, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-compact each row's kept slots: [B, N] (+ keep [B, N] bool) -> ([B, N'] padded with ``fill``,
+    lengths [B]), N' the longest row. A kept slot goes to column (kept slots before it); dropped
+    slots are scattered into a spare last column that is cut off."""
+    lengths = keep.sum(1)
+    width = int(lengths.max()) if lengths.numel() else 0
+    column = torch.where(keep, keep.long().cumsum(1) - 1, width)  # [B, N]
+    out = torch.full((slots.size(0), width + 1), fill, dtype=slots.dtype)
+    return out.scatter_(1, column, slots)[:, :width], lengths
+
+
+def _real(input_ids: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """[B, L] bool: True on each row's first ``lengths`` tokens (all of them when None)."""
+    if lengths is None:
+        return torch.ones_like(input_ids, dtype=torch.bool)
+    return torch.arange(input_ids.size(1)) < lengths[:, None]
+
+
+def _empty_spans(span_id: torch.Tensor, inserted: torch.Tensor | None) -> torch.Tensor:
+    return torch.zeros_like(span_id) if inserted is None else inserted
+
+
+def delete_spans(input_ids: torch.Tensor, span_id: torch.Tensor, pad_id: int,
+                 lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the selected tokens and left-compact each row (BART's token deletion).
+
+    input_ids, span_id [B, L]; lengths [B]: real tokens per row (None: no padding).
+    Returns (ids [B, L'] right-padded with ``pad_id``, new lengths [B]); L' is the longest new row.
+    """
+    return _compact(input_ids, (span_id == 0) & _real(input_ids, lengths), pad_id)
+
+
+def infill_spans(input_ids: torch.Tensor, span_id: torch.Tensor, mask_id: int, pad_id: int,
+                 lengths: torch.Tensor | None = None, inserted: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BART's text infilling: each span becomes one ``mask_id``, and so does each empty span
+    (``Spans.inserted``: a [MASK] inserted before the token, nothing removed).
+
+    input_ids, span_id [B, L]; lengths [B]: real tokens per row (None: no padding).
+    Returns (ids [B, L'] right-padded with ``pad_id``, new lengths [B]).
+    """
+    inserted = _empty_spans(span_id, inserted)
+    start = span_starts(span_id)
+    # Two slots per position: the [MASK] of an empty span before it, then the token (or its span's
+    # [MASK] at the span's first token; the span's other tokens vanish). [B, L, 2] -> [B, 2L]
+    slots = torch.stack([torch.full_like(input_ids, mask_id), torch.where(start, mask_id, input_ids)], -1)
+    keep = torch.stack([inserted > 0, ((span_id == 0) | start) & _real(input_ids, lengths)], -1)
+    return _compact(slots.flatten(1), keep.flatten(1), pad_id)
+
+
+def sentinel_spans(
+    input_ids: torch.Tensor, span_id: torch.Tensor, sentinel_ids: torch.Tensor, pad_id: int,
+    lengths: torch.Tensor | None = None, inserted: torch.Tensor | None = None, eos_id: int | None = None,
+    final_sentinel: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """T5's span corruption: span k of a row becomes the sentinel ``sentinel_ids[k - 1]`` in the
+    input, and the target is ``<s1> span1 <s2> span2 ... <sn> spann``, then ``<s(n+1)>`` with
+    ``final_sentinel`` (T5's target when the text goes on after the last span) and ``eos_id`` when
+    given. Empty spans (``inserted``) take a sentinel with nothing after it in the target.
+
+    input_ids, span_id [B, L]; sentinel_ids [S] long: at least as many as spans (+1) in any row;
+    lengths [B]: real tokens per row (None: no padding).
+    Returns (inputs [B, L'], input lengths [B], targets [B, T], target lengths [B]), right-padded with ``pad_id``.
+    """
+    inserted = _empty_spans(span_id, inserted)
+    sentinel_ids = torch.as_tensor(sentinel_ids, dtype=input_ids.dtype)
+    spans = torch.maximum(span_id, inserted).amax(1) if span_id.size(1) else span_id.new_zeros(len(span_id))  # [B]: spans per row
+    needed = int(spans.max()) + int(final_sentinel) if len(spans) else 0
+    if needed > len(sentinel_ids):
+        raise ValueError(f"a row needs {needed} sentinels (its spans, and the final sentinel if asked for) "
+                         f"but only {len(sentinel_ids)} sentinel ids were given")
+    # Span k's sentinel at index k - 1; id 0 (no span) reads index -1, a padding entry.
+    table = torch.cat([sentinel_ids, sentinel_ids.new_tensor([pad_id])])
+    sentinel = table[span_id - 1]  # [B, L]: the sentinel of each token's span
+    empty_sentinel = table[inserted - 1]  # [B, L]: that of an empty span before it
+    start, selected = span_starts(span_id), span_id > 0
+    # Input, two slots per position: an empty span's sentinel, then the token or its span's sentinel. [B, 2L]
+    slots = torch.stack([empty_sentinel, torch.where(start, sentinel, input_ids)], -1)
+    keep = torch.stack([inserted > 0, (~selected | start) & _real(input_ids, lengths)], -1)
+    inputs, input_lengths = _compact(slots.flatten(1), keep.flatten(1), pad_id)
+    # Target, three slots per position: an empty span's sentinel, the sentinel of a span starting
+    # here, the selected token itself; then two closing slots: the next sentinel and EOS. [B, 3L + 2]
+    B = input_ids.size(0)
+    closing = torch.full((B, 2), pad_id if eos_id is None else eos_id, dtype=input_ids.dtype)  # [B, 2]
+    if final_sentinel:
+        closing[:, 0] = sentinel_ids[spans]  # the sentinel after the row's last span
+    target_slots = torch.cat([torch.stack([empty_sentinel, sentinel, input_ids], -1).flatten(1), closing], 1)
+    closing_keep = torch.tensor([final_sentinel, eos_id is not None]).expand(B, 2)
+    target_keep = torch.cat([torch.stack([inserted > 0, start, selected], -1).flatten(1), closing_keep], 1)
+    targets, target_lengths = _compact(target_slots, target_keep, pad_id)
+    return inputs, input_lengths, targets, target_lengths
