@@ -41,24 +41,40 @@ def test_recipe_lowers_validation_loss_and_tests(recipe, tmp_path, cache_dir):
     assert tested["test/loss"].item() < before - 1.0
 
 
-@pytest.mark.parametrize("recipe", ["gpt", "bert"])
+@pytest.mark.parametrize("recipe", ["gpt", "bert", "albert"])
 def test_killed_run_resumes_with_the_same_batches_and_losses(recipe, tmp_path, cache_dir):
+    """Killed after step 8, resumed from the checkpoint of step 5: the same losses as a straight run.
+    The pair recipes draw their sentence pairs per epoch: on a corpus of 3-4 batches an epoch (committed
+    tokenizers, so the count is the same everywhere), the checkpoint falls inside epoch 1 and the resumed
+    run goes on through epochs 2 and 3. The resumed run reads its data in two DataLoader worker processes,
+    the others in the main process: workers must draw each epoch's pairs as the main process does, and
+    must start from epoch 1 (Lightning creates the first iterator, and workers prefetch from it, before
+    it sets the sampler's epoch)."""
     common = [
         "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "2",
         "--checkpoint.every_n_steps", "5", "--model.init_args.config.dropout", "0.1",
         "--data.init_args.batch_size", "4",
     ]
+    if recipe != "gpt":  # 17 / 15 training pairs: 4 / 3 batches an epoch (NSP needs two documents in each held-out split)
+        corpus = write_corpus(tmp_path / "corpus.txt", n_docs={"bert": 12, "albert": 15}[recipe])
+        common += ["--data.init_args.train_files", str(corpus), "--data.init_args.val_fraction", "0.15",
+                   "--data.init_args.test_fraction", "0.15", "--data.init_args.tokenizer", str(ROOT / "tests" / "data" / f"tokenizer-{recipe}.json")]
+    workers = ["--data.init_args.num_workers", "2"]
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]), "LIT_PTM_CACHE": str(cache_dir)}
     straight = tmp_path / "straight"
     r = run_module(["fit", *tiny_args(recipe, straight, *common, "--trainer.max_steps", "13")], env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     killed = tmp_path / "killed"
+    # (Not in the killed run: its orphaned workers would hold the run directory's lock for a few seconds.)
     r = run_module(["fit", *tiny_args(recipe, killed, *common, "--trainer.max_steps", "13",
                                       "--trainer.callbacks+=helpers.KillAt", "--trainer.callbacks.step", "8")], env=env)
     assert r.returncode == 3, r.stderr[-3000:]
     ckpt = torch.load(killed / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 5  # the periodic checkpoint, written before the kill at step 8
-    r = run_module(["fit", *tiny_args(recipe, killed, *common, "--trainer.max_steps", "13"),
+    if recipe != "gpt":
+        data = ckpt["PretrainDataModule"]
+        assert data["epoch"] == 1 and 0 < data["batches"] and not data["epoch_done"], data  # inside epoch 1
+    r = run_module(["fit", *tiny_args(recipe, killed, *common, *workers, "--trainer.max_steps", "13"),
                     "--ckpt_path", str(killed / "last.ckpt")], env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = scalars(straight, "train/loss"), scalars(killed, "train/loss")
@@ -70,7 +86,8 @@ def test_killed_run_resumes_with_the_same_batches_and_losses(recipe, tmp_path, c
 
 
 def test_resume_from_the_end_of_an_epoch_starts_the_next_epoch_whole(tmp_path, cache_dir):
-    """A checkpoint written when an epoch ends resumes into the next epoch with nothing skipped."""
+    """A checkpoint written when an epoch ends resumes into the next epoch with nothing skipped, also
+    when DataLoader workers prefetch before Lightning sets the sampler's epoch (they replayed epoch 0)."""
     corpus = write_corpus(tmp_path / "small.txt", n_docs=40)
     common = ["--data.init_args.train_files", str(corpus), "--data.init_args.vocab_size", "400", "--data.init_args.batch_size", "4",
               "--trainer.max_steps", "-1", "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "1.0",
@@ -83,8 +100,9 @@ def test_resume_from_the_end_of_an_epoch_starts_the_next_epoch_whole(tmp_path, c
     split = tmp_path / "split"
     run_cli(["fit", *tiny_args("gpt", split, *common, "--trainer.max_epochs", "1")])
     state = torch.load(split / "last.ckpt", weights_only=True)["PretrainDataModule"]
-    assert state["epoch"] == 0 and state["batches"] == per_epoch
-    cli = run_cli(["fit", *tiny_args("gpt", split, *common, "--trainer.max_epochs", "2"), "--ckpt_path", str(split / "last.ckpt")])
+    assert state["epoch"] == 0 and state["batches"] == per_epoch and state["epoch_done"]
+    cli = run_cli(["fit", *tiny_args("gpt", split, *common, "--trainer.max_epochs", "2", "--data.init_args.num_workers", "2"),
+                   "--ckpt_path", str(split / "last.ckpt")])
     assert cli.trainer.global_step == 2 * per_epoch
     a, b = scalars(straight, "train/loss"), scalars(split, "train/loss")
     assert sorted(a) == sorted(b)
@@ -250,24 +268,34 @@ def test_sharing_and_factorised_embeddings_are_flags_of_any_objective(tmp_path, 
 @pytest.mark.parametrize("recipe, task", [("bert", "nsp"), ("albert", "sop")])
 def test_pair_task_accuracy_rises_above_chance_on_the_builtin_corpus(tmp_path, cache_dir, recipe, task):
     """Each pair-task recipe with configs/tiny.yaml on the built-in corpus, at batch 64 for 800 steps
-    (~40 s): the pair loss falls and the training accuracy over the logged batches of steps 600-800
-    (~1,300 pairs; chance: 0.5 +- 0.014) is well above one half. Measured in exactly this setting with
-    seeds 42 / 7: NSP 0.755 / 0.736, SOP 0.648 / 0.623; held-out (298 pairs) at step 800: NSP 0.58 /
-    0.54, SOP 0.60 / 0.60. Pairs are built once at set-up (as BERT's create_pretraining_data does), so
-    later epochs revisit them; held-out accuracy at this scale is lower than training accuracy."""
+    (~6 epochs, ~40 s): the pair loss falls and the training accuracy over the logged batches of steps
+    600-800 (~1,300 pairs; chance: 0.5 +- 0.014) is above one half. Pairs are drawn anew every epoch, so
+    training accuracy is no longer inflated by pairs memorised in earlier epochs. Measured in exactly
+    this setting with seeds 42 / 7: training accuracy NSP 0.629 / 0.659, SOP 0.589 / 0.577; held-out at
+    step 800 NSP 0.564 / 0.587, SOP 0.618 / 0.656; training loss of steps 600-800 below that of steps
+    0-200 by NSP 0.050 / 0.058, SOP 0.020 / 0.013.
+    The symptom that per-epoch pairs cured, measured: with pairs built once and revisited every epoch,
+    training accuracy was NSP 0.755 / 0.735 (SOP 0.648 / 0.621) against held-out NSP 0.582 / 0.567, a
+    gap of 0.17 that was memorisation (held-out NSP loss then rose with training: 0.67 at step 300 to
+    1.37 at 3,000 in README's main job). The NSP gap is now 0.07; it must stay below 0.12."""
     root = tmp_path / task
     run_cli(["fit", *tiny_args(recipe, root, "--data.init_args.batch_size", "64", "--trainer.max_steps", "800",
                                "--trainer.val_check_interval", "400", "--trainer.log_every_n_steps", "10")])
     accuracy, loss = scalars(root, f"train/{task}_acc"), scalars(root, f"train/{task}_loss")
-    late = [accuracy[s] for s in accuracy if s >= 600]
+    late = sum(accuracy[s] for s in accuracy if s >= 600) / len([s for s in accuracy if s >= 600])
     early_loss, late_loss = [loss[s] for s in loss if s < 200], [loss[s] for s in loss if s >= 600]
-    assert sum(late) / len(late) > 0.57, late
-    assert sum(late_loss) / len(late_loss) < sum(early_loss) / len(early_loss) - 0.03
+    assert late > 0.56, late
+    assert sum(late_loss) / len(late_loss) < sum(early_loss) / len(early_loss) - 0.01
+    if task == "nsp":
+        held_out = scalars(root, "val/nsp_acc")[799]
+        assert late - held_out < 0.12, (late, held_out)  # no memorised pairs
 
 
 def test_nsp_head_learns_next_sentence_prediction_when_documents_differ_in_topic(tmp_path, cache_dir):
     """Each document draws its words from a topic of its own, so a random B is recognisable by its
-    words: the pooled pair head must fit NSP well above chance (labels, layout and head wired right)."""
+    words: the pooled pair head must fit NSP well above chance (labels, layout and head wired right).
+    Pairs are drawn anew every epoch, so the head must learn the topics rather than memorise ~130 pairs:
+    measured, a run of 300 steps ends at 0.65 (logged accuracy of steps 260-300), one of 600 at 1.0."""
     import random
 
     rng = random.Random(0)
@@ -279,7 +307,7 @@ def test_nsp_head_learns_next_sentence_prediction_when_documents_differ_in_topic
     corpus.write_text("\n\n".join(docs) + "\n")
     root = tmp_path / "nsp"
     run_cli(["fit", *tiny_args("bert", root, "--data.init_args.train_files", str(corpus), "--data.init_args.vocab_size", "1200",
-                               "--trainer.max_steps", "300", "--trainer.log_every_n_steps", "10")])
+                               "--trainer.max_steps", "600", "--trainer.log_every_n_steps", "10")])
     accuracy = scalars(root, "train/nsp_acc")
     first, last = [accuracy[s] for s in sorted(accuracy)[:3]], [accuracy[s] for s in sorted(accuracy)[-5:]]
     assert sum(first) / 3 < 0.75 and sum(last) / 5 > 0.9, (first, last)

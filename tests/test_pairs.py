@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from conftest import write_corpus
 from lit_ptm.data.collate import PairMLMCollator, truncated_lengths
 from lit_ptm.data.corpus import iter_documents
-from lit_ptm.data.sampling import PairWindows
+from lit_ptm.data.sampling import PairWindows, ResumableSampler, WindowDataset
 from lit_ptm.data.store import open_store
 from lit_ptm.tokenizer import train_tokenizer
 
@@ -22,13 +23,17 @@ def doc_of(store, token_offset):
     return int(np.searchsorted(store.doc_offsets, token_offset, side="right") - 1)
 
 
-def test_nsp_pairs_follow_bert_and_consume_every_sentence(store_and_tok):
+@pytest.mark.parametrize("epoch", [0, 1, 2])
+def test_nsp_pairs_follow_bert_and_consume_every_sentence(store_and_tok, epoch):
     store, tok = store_and_tok
     docs = np.arange(store.num_docs)
     w = PairWindows(store, docs, 64, tok.ids, task="nsp", seed=3)
-    p = w.pairs
-    # Balanced although every one-sentence chunk takes a random B (multi-sentence chunks compensate).
-    assert abs(p[:, 4].mean() - 0.5) < 0.03, p[:, 4].mean()
+    p = w._draw(epoch)  # the epoch's own draw, before it is fitted to the epoch length
+    if epoch == 0:
+        assert np.array_equal(p, w.pairs)  # epoch 0 sets the length: nothing dropped or repeated
+    # Balanced although every one-sentence chunk takes a random B (multi-sentence chunks compensate),
+    # within the sampling noise of ~290 pairs (sd 0.03).
+    assert abs(p[:, 4].mean() - 0.5) < 0.1, p[:, 4].mean()
     covered = []
     for a0, a1, b0, b1, label in p.tolist():
         assert doc_of(store, a0) == doc_of(store, a1 - 1) and doc_of(store, b0) == doc_of(store, b1 - 1)
@@ -49,8 +54,67 @@ def test_nsp_pairs_follow_bert_and_consume_every_sentence(store_and_tok):
 def test_sop_pairs_are_consecutive_segments_of_one_document(store_and_tok):
     store, tok = store_and_tok
     w = PairWindows(store, np.arange(store.num_docs), 64, tok.ids, task="sop", seed=3)
-    for a0, a1, b0, b1, label in w.pairs.tolist():
-        assert b0 == a1 and label == 0 and doc_of(store, a0) == doc_of(store, b1 - 1)
+    for epoch in range(3):
+        for a0, a1, b0, b1, label in w.plan(epoch).tolist():
+            assert b0 == a1 and label == 0 and doc_of(store, a0) == doc_of(store, b1 - 1) and a1 > a0 and b1 > b0
+
+
+# -- pairs drawn anew every epoch ------------------------------------------------------------------
+def rows(pairs) -> set:
+    return set(map(tuple, pairs.tolist()))
+
+
+@pytest.mark.parametrize("task", ["nsp", "sop"])
+def test_every_epoch_draws_its_own_pairs_of_one_length(store_and_tok, task):
+    store, tok = store_and_tok
+    docs = np.arange(store.num_docs)
+    w = PairWindows(store, docs, 64, tok.ids, task=task, seed=3)
+    plans = [w.plan(e) for e in range(4)]
+    assert all(len(p) == len(w) for p in plans)  # the length the sampler and Lightning were given
+    for e in range(1, 4):
+        # Another epoch, other pairs. Measured share of epoch 0's pairs that recur: NSP 5-8% (A, B and the
+        # IsNext choice are all redrawn); SOP 34-39% (a chunk is most often a whole short document, or
+        # the same full-length window, and only where A ends is redrawn; the swap is drawn per sample).
+        shared = len(rows(plans[e]) & rows(plans[0])) / len(w)
+        assert shared < {"nsp": 0.15, "sop": 0.5}[task], (e, shared)
+        # Fitted to the length by dropping or repeating a few pairs of the epoch's own draw.
+        draw = w._draw(e)
+        assert rows(plans[e]) <= rows(draw) and abs(len(draw) - len(w)) <= 0.05 * len(w)
+    # A pure function of (seed, epoch): a fresh builder draws the same pairs, in any order of epochs.
+    again = PairWindows(store, docs, 64, tok.ids, task=task, seed=3)
+    assert np.array_equal(again.plan(2), plans[2]) and np.array_equal(again.plan(0), plans[0])
+    assert not np.array_equal(PairWindows(store, docs, 64, tok.ids, task=task, seed=4).plan(2), plans[2])
+
+
+def test_isnext_share_is_one_half_in_every_epoch(store_and_tok):
+    store, tok = store_and_tok
+    w = PairWindows(store, np.arange(store.num_docs), 64, tok.ids, task="nsp", seed=3)
+    shares = np.array([w.plan(e)[:, 4].mean() for e in range(20)])
+    sigma = 0.5 / np.sqrt(len(w))  # a binomial share's noise over one epoch's pairs (measured over 200 epochs: 1.1x that)
+    assert np.all(np.abs(shares - 0.5) < 4 * sigma), (shares, sigma)
+    assert abs(shares.mean() - 0.5) < 4 * sigma / np.sqrt(len(shares))  # and no bias across epochs
+
+
+def test_worker_processes_draw_the_same_batches_and_resume_inside_epoch_1(store_and_tok):
+    """DataLoader workers started fresh (spawn: nothing inherited from this process, whose own draws
+    are not pickled over) give the batches this process gives, for epoch 1 and resumed inside it.
+    (NSP only, as spawning costs ~10 s; test_cli's exact-resume test runs both pair tasks in workers.)"""
+    store, tok = store_and_tok
+    task = "nsp"
+    w = PairWindows(store, np.arange(store.num_docs), 48, tok.ids, task=task, seed=5)
+    ds, collate = WindowDataset(w), PairMLMCollator(tok.ids, seed=5, task=task)
+    sampler = ResumableSampler(len(ds), seed=5)
+    sampler.set_epoch(1)
+    keys = list(sampler)
+    straight = [collate([ds[k] for k in keys[i : i + 4]]) for i in range(0, len(keys) - 3, 4)]
+    assert list(w._plans) == [1]  # drawn here, and not pickled over to the workers
+    sampler.resume(epoch=1, skip=8)
+    loader = DataLoader(ds, sampler=sampler, batch_size=4, drop_last=True, collate_fn=collate, num_workers=2,
+                        multiprocessing_context="spawn")
+    resumed = list(loader)
+    assert len(resumed) == len(straight) - 2
+    for a, b in zip(resumed, straight[2:]):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
 
 
 def reference_truncation(la, lb, max_tokens):

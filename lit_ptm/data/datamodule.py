@@ -60,9 +60,14 @@ class ResumableLoaders:
     def _make_train_sampler(self, num_samples: int, seed: int) -> ResumableSampler:
         rank, world = self._rank()
         self._train_sampler = ResumableSampler(num_samples, seed, shuffle=True, rank=rank, world_size=world, drop_last=True)
+        # The sampler starts at the epoch the fit loop is about to run, not at 0: Lightning creates a fit's
+        # first iterator before it sets the sampler's epoch, and DataLoader workers prefetch from it at once,
+        # so a run resumed into epoch >= 1 with num_workers > 0 replayed epoch 0's order, masks and pairs.
         if self._resume is not None:
             self._apply_resume(self._resume)
             self._resume = None
+        elif self.trainer is not None:
+            self._train_sampler.set_epoch(self.trainer.current_epoch)  # 0, or a later one when loaders are reloaded
         return self._train_sampler
 
     def _make_eval_sampler(self, num_samples: int, seed: int) -> ResumableSampler:
@@ -90,6 +95,8 @@ class ResumableLoaders:
             # A resume into that epoch skips its batches; a resume that starts the next one skips nothing.
             "epoch": self._train_sampler.epoch,
             "batches": loop.epoch_loop.batch_progress.current.processed,
+            # All of the epoch's batches consumed: a resumed run starts the next epoch.
+            "epoch_done": loop.epoch_loop.batch_progress.current.processed >= self.trainer.num_training_batches,
             "batch_size": self.batch_size,
             "world_size": self.trainer.world_size,
         }
@@ -108,6 +115,9 @@ class ResumableLoaders:
                 "will not match it step for step"
             )
         self._train_sampler.resume(state["epoch"], consumed // world)
+        # Checkpoints written before "epoch_done" was saved: a whole epoch's batches (without limit_train_batches).
+        whole = state["batches"] >= self._train_sampler.num_samples // state["world_size"] // state["batch_size"]
+        self._train_sampler.set_epoch(state["epoch"] + 1 if state.get("epoch_done", whole) else state["epoch"])
 
 
 class PretrainDataModule(ResumableLoaders, L.LightningDataModule):
