@@ -46,7 +46,7 @@ def mlm_batch(vocab: int, batch: int, seq: int):
     for i in range(batch):
         toks = torch.randint(111, vocab, (seq,), generator=g)
         toks[0], toks[-1] = ids.cls, ids.sep
-        samples.append({"ids": toks, "word_start": torch.ones(seq, dtype=torch.bool), "segment": torch.zeros(seq, dtype=torch.long), "epoch": 0, "index": i})
+        samples.append({"ids": toks, "word_start": torch.ones(seq, dtype=torch.bool), "document": torch.zeros(seq, dtype=torch.long), "epoch": 0, "index": i})
     return MLMCollator(ids, seed=0)(samples)
 
 

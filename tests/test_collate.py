@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lit_ptm.data.collate import CausalLMCollator, MLMCollator, mask_tokens
-from lit_ptm.data.collate.common import segment_positions
+from lit_ptm.data.collate.common import document_positions
 from lit_ptm.tokenizer import train_tokenizer
 
 SENTENCES = [f"word{i} alpha{i % 7}beta gamma{i % 13}delta epsilon" for i in range(400)]
@@ -25,7 +25,7 @@ def windows(tok, n, length=64, seed=0):
         out.append({
             "ids": torch.tensor([tok.ids.cls, *ids[a:a + L], tok.ids.sep]),
             "word_start": torch.tensor([True, True, *starts[a + 1:a + L], True]),
-            "segment": torch.zeros(L + 2, dtype=torch.long), "epoch": 0, "index": i,
+            "document": torch.zeros(L + 2, dtype=torch.long), "epoch": 0, "index": i,
         })
     return out
 
@@ -124,18 +124,18 @@ def test_ngram_masking_always_predicts_something():
 def test_causal_collator_shifts_and_isolates_documents(tok):
     ids = torch.tensor([5, 6, 7, tok.ids.eos, 8, 9, 10, 11, 12])
     segment = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1])
-    batch = CausalLMCollator(tok.ids)([{"ids": ids, "segment": segment, "word_start": ids > 0, "epoch": 0, "index": 0}])
+    batch = CausalLMCollator(tok.ids)([{"ids": ids, "document": segment, "word_start": ids > 0, "epoch": 0, "index": 0}])
     assert batch["input_ids"].tolist() == [ids[:-1].tolist()]
     assert batch["labels"].tolist() == [ids[1:].tolist()]
     assert batch["document_ids"].tolist() == [segment[:-1].tolist()]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 3]]
-    shared = CausalLMCollator(tok.ids, isolate_documents=False)([{"ids": ids, "segment": segment, "word_start": ids > 0, "epoch": 0, "index": 0}])
+    shared = CausalLMCollator(tok.ids, isolate_documents=False)([{"ids": ids, "document": segment, "word_start": ids > 0, "epoch": 0, "index": 0}])
     assert "document_ids" not in shared and "position_ids" not in shared
 
 
-def test_segment_positions_restart_per_document():
+def test_document_positions_restart_per_document():
     seg = torch.tensor([[0, 0, 1, 1, 1, 2], [0, 0, 0, 0, -1, -1]])
-    assert segment_positions(seg).tolist() == [[0, 1, 0, 1, 2, 0], [0, 1, 2, 3, 0, 1]]
+    assert document_positions(seg).tolist() == [[0, 1, 0, 1, 2, 0], [0, 1, 2, 3, 0, 1]]
 
 
 def test_batches_count_their_real_tokens(tok):

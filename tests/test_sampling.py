@@ -31,7 +31,7 @@ def test_contiguous_windows_tile_the_split_with_eos_between_documents(store_and_
         assert s["ids"].tolist() == stream[k * 16 : k * 16 + 17].tolist()  # L + 1, overlapping by one
         # Segments change right after an [EOS].
         eos_before = torch.cat([torch.tensor([False]), s["ids"][:-1] == tok.ids.eos])
-        changes = torch.cat([torch.tensor([False]), s["segment"][1:] != s["segment"][:-1]])
+        changes = torch.cat([torch.tensor([False]), s["document"][1:] != s["document"][:-1]])
         assert torch.equal(eos_before, changes)
 
 
@@ -48,9 +48,9 @@ def test_sentence_windows_hold_whole_sentences_and_lose_nothing(store_and_tok, c
         assert len(ids) <= L and ids[0] == tok.ids.cls and ids[-1] == tok.ids.sep
         seps = [i for i, t in enumerate(ids[1:-1], 1) if t == tok.ids.sep]
         if not cross:
-            assert not seps and s["segment"].max() == 0  # DOC-SENTENCES never crosses a document
+            assert not seps and s["document"].max() == 0  # DOC-SENTENCES never crosses a document
         else:
-            assert len(seps) == int(s["segment"].max())  # one [SEP] between each pair of documents
+            assert len(seps) == int(s["document"].max())  # one [SEP] between each pair of documents
         content.extend(t for t in ids[1:-1] if t != tok.ids.sep)
         starts = s["word_start"]
         assert starts[0] and starts[-1]

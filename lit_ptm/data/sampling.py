@@ -2,7 +2,7 @@
 
 Every window builder works on one split: a set of documents of a TokenStore. A window is returned as
 a dict of 1-D tensors: ``ids`` (token ids), ``word_start`` (1 where a word starts; special tokens
-count as words) and ``segment`` (index of the document each token belongs to, within the window).
+count as words) and ``document`` (index of the document each token belongs to, within the window).
 Sentence pairs (NSP / SOP) are drawn anew for every epoch; the other packings are the same in every epoch.
 """
 
@@ -48,7 +48,7 @@ class ContiguousWindows(Windows):
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         v, end = k * self.length, k * self.length + self.length + 1
         doc = int(np.searchsorted(self.vstarts, v, side="right") - 1)
-        pieces, segments = [], []
+        pieces, documents = [], []
         while v < end:
             offset, stop = v - self.vstarts[doc], min(end - self.vstarts[doc], self.lengths[doc] + 1)
             piece = self.store.tokens[self.starts[doc] + offset : self.starts[doc] + min(stop, self.lengths[doc])]
@@ -56,11 +56,11 @@ class ContiguousWindows(Windows):
             if stop > self.lengths[doc]:
                 piece = np.append(piece, self.eos)
             pieces.append(piece)
-            segments.append(np.full(len(piece), len(segments), dtype=np.int64))
+            documents.append(np.full(len(piece), len(documents), dtype=np.int64))
             v += len(piece)
             doc += 1
         ids = torch.from_numpy(np.concatenate(pieces))
-        return {"ids": ids, "word_start": torch.ones_like(ids, dtype=torch.bool), "segment": torch.from_numpy(np.concatenate(segments))}
+        return {"ids": ids, "word_start": torch.ones_like(ids, dtype=torch.bool), "document": torch.from_numpy(np.concatenate(documents))}
 
 
 class SentenceWindows(Windows):
@@ -113,19 +113,19 @@ class SentenceWindows(Windows):
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         a, b = self.windows[k]
-        ids, word_start, segment = [[self.ids.cls]], [[1]], [[0]]
+        ids, word_start, document = [[self.ids.cls]], [[1]], [[0]]
         seg = 0
         for j in range(a, b):
             if j > a and self.piece_doc[j] != self.piece_doc[j - 1]:
-                ids.append([self.ids.sep]); word_start.append([1]); segment.append([seg])
+                ids.append([self.ids.sep]); word_start.append([1]); document.append([seg])
                 seg += 1
             s, e = self.piece_start[j], self.piece_stop[j]
-            ids.append(self.store.tokens[s:e]); word_start.append(self.store.word_start[s:e]); segment.append(np.full(e - s, seg))
-        ids.append([self.ids.sep]); word_start.append([1]); segment.append([seg])
+            ids.append(self.store.tokens[s:e]); word_start.append(self.store.word_start[s:e]); document.append(np.full(e - s, seg))
+        ids.append([self.ids.sep]); word_start.append([1]); document.append([seg])
         return {
             "ids": torch.from_numpy(np.concatenate(ids).astype(np.int64)),
             "word_start": torch.from_numpy(np.concatenate(word_start).astype(bool)),
-            "segment": torch.from_numpy(np.concatenate(segment).astype(np.int64)),
+            "document": torch.from_numpy(np.concatenate(document).astype(np.int64)),
         }
 
 

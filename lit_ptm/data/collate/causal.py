@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from lit_ptm.data.collate.common import pad_windows, segment_positions
+from lit_ptm.data.collate.common import pad_windows, document_positions
 from lit_ptm.tokenizer import SpecialIds
 
 
@@ -26,8 +26,8 @@ class CausalLMCollator:
         if not real.all():
             batch["attention_mask"] = real[:, :-1]
         if self.isolate_documents:
-            segment = pad_windows(samples, "segment", -1)[:, :-1]
-            if (segment != segment[:, :1]).any():
-                batch["document_ids"] = segment
-                batch["position_ids"] = segment_positions(segment)
+            documents = pad_windows(samples, "document", -1)[:, :-1]
+            if (documents != documents[:, :1]).any():
+                batch["document_ids"] = documents
+                batch["position_ids"] = document_positions(documents)
         return batch

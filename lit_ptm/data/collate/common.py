@@ -33,9 +33,9 @@ def pad_windows(samples: list[dict], key: str, value: int, length: int | None = 
     return out
 
 
-def segment_positions(segment: torch.Tensor) -> torch.Tensor:
+def document_positions(documents: torch.Tensor) -> torch.Tensor:
     """Position ids that restart at 0 where a new document starts in a packed window. [B, L] -> [B, L]"""
-    arange = torch.arange(segment.size(1)).expand_as(segment)
-    starts = torch.ones_like(segment, dtype=torch.bool)
-    starts[:, 1:] = segment[:, 1:] != segment[:, :-1]
+    arange = torch.arange(documents.size(1)).expand_as(documents)
+    starts = torch.ones_like(documents, dtype=torch.bool)
+    starts[:, 1:] = documents[:, 1:] != documents[:, :-1]
     return arange - torch.where(starts, arange, 0).cummax(dim=1).values

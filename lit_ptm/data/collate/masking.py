@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lit_ptm.data.collate.common import pad_windows, sample_noise, segment_positions
+from lit_ptm.data.collate.common import pad_windows, sample_noise, document_positions
 from lit_ptm.data.collate.spans import SpanLengths, mask_budget, mask_random_keep, select_spans
 from lit_ptm.tokenizer import SpecialIds
 
@@ -67,8 +67,8 @@ class MLMCollator:
         if not real.all():
             batch["attention_mask"] = real
         if self.isolate_documents:
-            documents = pad_windows(samples, "segment", -1)
+            documents = pad_windows(samples, "document", -1)
             if (documents.masked_fill(~real, 0) != 0).any():
                 batch["document_ids"] = documents
-                batch["position_ids"] = segment_positions(documents)
+                batch["position_ids"] = document_positions(documents)
         return batch
