@@ -8,9 +8,8 @@ per forward to what the kernel wants, and every layer reuses the result:
 - causal only, query aligned with keys -> SDPA ``is_causal`` (flash on GPU)
 - anything else                       -> a boolean [B, 1, Lq, Lk] SDPA mask (memory-efficient kernel
                                          on GPU), or a float one when there is a bias
-- on CUDA, without attention dropout, padding / documents / causal / prefix patterns -> a
-  FlexAttention ``BlockMask``, whose kernel skips the blocks nobody attends (packed documents stay
-  on a fused kernel, and pay only for their own blocks)
+- (``USE_FLEX``, off: see there) on CUDA, without attention dropout, packed documents and prefixes
+  -> a FlexAttention ``BlockMask``, whose kernel skips the blocks nobody attends
 
 Queries may be fewer than keys: with a KV cache the queries are the last ``Lq`` of ``Lk`` positions
 (``query_offset = Lk - Lq`` by default). SDPA's ``is_causal`` aligns its triangle top-left, which is
@@ -29,7 +28,11 @@ except ImportError:  # pragma: no cover - torch without FlexAttention
     create_block_mask = create_mask = flex_attention = None
 
 
-USE_FLEX = True  # False keeps every pattern on SDPA (benchmarks/gpu_check.py compares the two)
+# FlexAttention for packed documents and prefixes on CUDA: off. Measured on an H200 (torch 2.11,
+# benchmarks/gpu_check.py ... flex): its forward equals SDPA's (fp32, 3e-6) but the gradients of the qkv
+# projection differ by 40-90% (relative norm), and at 8 x 1024 and 2 x 4096 a step took 1.6-1.9x as
+# long as SDPA with the dense mask (the memory-efficient fused kernel). Set True to investigate.
+USE_FLEX = False
 
 
 @dataclass(frozen=True)
