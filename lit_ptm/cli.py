@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lit_ptm.callbacks import CheckpointError, CheckpointMismatchError, RunCheckpoint, read_checkpoint
 from lit_ptm.errors import ConfigError, LitPtmError
 from lit_ptm.hf import check_hf_dir, is_hf_dir
+from lit_ptm.nn.config import LEGACY_KEYS
 from lit_ptm.pretrained import checkpoint_of, tokenizer_of
 from lit_ptm.rundir import RunLock, is_global_rank_zero, take_run_directory
 
@@ -28,7 +29,7 @@ from lit_ptm.rundir import RunLock, is_global_rank_zero, take_run_directory
 RESUMABLE = ("optim.", "config.dropout", "config.attention_dropout", "classifier_dropout", "predictions_file", "max_answer_tokens",
              "compile")
 # Build-time settings a resume ignores: the weights come from the checkpoint.
-IGNORED_ON_RESUME = ("pretrained", "from_scratch", "causal", "config.causal")
+IGNORED_ON_RESUME = ("pretrained", "from_scratch", "causal")
 # Run-level settings not worth a warning when they change between a run and its resume.
 UNREPORTED = ("ckpt_path", "config", "overwrite", "trainer.logger", "trainer.callbacks", "trainer.enable_progress_bar",
               "trainer.enable_model_summary", "trainer.default_root_dir", "data.init_args.tokenizer")
@@ -59,6 +60,18 @@ def signature_defaults(class_path: str) -> dict:
         if p.default is not inspect.Parameter.empty:
             defaults.update(flatten({p.name: p.default}))
     return defaults
+
+
+def upgrade_hyperparameters(hparams: dict, class_path: str) -> None:
+    """An older checkpoint's hyper-parameters as today's classes take them (in place): ModelConfig's
+    ``causal`` flag left the config (causality belongs to the objective); a fine-tuning task records
+    how its backbone reads as its own ``causal`` argument."""
+    config = hparams.get("config")
+    if not isinstance(config, dict):
+        return
+    legacy = {key: config.pop(key) for key in LEGACY_KEYS if key in config}
+    if "causal" in legacy and class_path.startswith("lit_ptm.tasks.") and hparams.get("causal") is None:
+        hparams["causal"] = bool(legacy["causal"])
 
 
 def resume_settings(path, configured: dict, saved: dict, defaults: dict, explicit: set[str] = frozenset()) -> tuple[dict, list[str]]:
@@ -221,6 +234,7 @@ class LitPtmCLI(LightningCLI):
         if class_path != configured and not class_path.startswith(("lit_ptm.objectives.", "lit_ptm.tasks.")):
             # Plain data, but importing a module by name runs its code: only lit_ptm's own classes.
             raise CheckpointError(f"checkpoint {path} names the class {class_path!r}, which is not a lit_ptm objective or task")
+        upgrade_hyperparameters(hparams, class_path)
         given = flatten(self.config[subcommand].model.get("init_args") or {})
         init_args, self._resume_changes = resume_settings(
             path, given, hparams, signature_defaults(class_path), getattr(self, "_explicit_model_keys", set())

@@ -123,7 +123,7 @@ class Generator:
             ids = torch.cat([ids, token[:, None]], 1)
             real = torch.cat([real, torch.ones(B, 1, dtype=torch.bool, device=device)], 1)
         new = torch.stack(out, 1).tolist()
-        return [self._trim(row) for row in new]
+        return [self._trim(row) for row in new] if config.stop_at_eos else new
 
     def _trim(self, row: list[int]) -> list[int]:
         """Up to and including the first EOS (what follows it is padding)."""
@@ -190,8 +190,11 @@ class Generator:
             real = torch.cat([real[index], torch.ones(K, 1, dtype=torch.bool, device=device)], 1)
             if cache is not None:
                 cache.reorder(index)
+        # Running beams compete only when they ran to max_new_tokens (or too few ended): a beam cut short
+        # by the K-th finished hypothesis is a prefix, not a candidate (HF's finalize does the same).
+        ran_out = generated.size(1) == config.max_new_tokens or len(finished) < K
         running = [(normalised(s, generated.size(1)), generated[k].tolist()) for k, s in enumerate(scores.tolist())
-                   if generated.size(1)]
+                   if generated.size(1) and ran_out]
         return max(finished + running, key=lambda hyp: hyp[0])[1]
 
 
@@ -202,6 +205,11 @@ def load_generator(ckpt_path: str, device: str = "cpu"):
     from lit_ptm.pretrained import read_run, tokenizer_of
     from lit_ptm.tokenizer import Tokenizer
 
+    from lit_ptm.hf import is_hf_dir
+
+    if is_hf_dir(ckpt_path):
+        raise ConfigError(f"--ckpt_path={ckpt_path} is an HF model directory: import it first "
+                          f"(lit-ptm import {ckpt_path} --out RUN_DIR), then generate from RUN_DIR")
     path, raw, config = read_run(ckpt_path, key="--ckpt_path")
     meta = raw["lit_ptm"]
     cls = getattr(objectives, meta["objective"], None)
@@ -239,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                               num_beams=args.num_beams, length_penalty=args.length_penalty, seed=args.seed,
                               stop_at_eos=not args.no_stop_at_eos)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch_size={args.batch_size} must be at least 1")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device={args.device}: no CUDA device is available here (--device cpu)")
     if args.output and Path(args.output).exists() and not args.overwrite:
         raise LitPtmError(f"--output={args.output} exists: choose another file or pass --overwrite")
     records = [{"prompt": args.prompt}] if args.prompt is not None else read_prompts(args.prompts_file)
@@ -246,9 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for start in range(0, len(records), args.batch_size):
         chunk = records[start : start + args.batch_size]
-        prompts = [tokenizer.hf.encode(r["prompt"], add_special_tokens=False).ids or [generator.eos_id] for r in chunk]
+        prompts = [tokenizer.hf.encode(r["prompt"], add_special_tokens=False).ids for r in chunk]
+        if not all(prompts) and generator.eos_id is None:
+            raise ConfigError("an empty prompt, and the tokenizer has no [EOS] to start from: give some text")
+        prompts = [p or [generator.eos_id] for p in prompts]  # an empty prompt: a new text after end-of-text
         for record, new in zip(chunk, generator.generate(prompts, config)):
-            text = tokenizer.hf.decode([t for t in new if t != generator.eos_id])
+            text = tokenizer.hf.decode(new[:-1] if config.stop_at_eos and new and new[-1] == generator.eos_id else new)
             rows.append({**record, "completion": text, "completion_ids": new})
     if args.prompt is not None:
         print(rows[0]["completion"])
@@ -275,6 +290,8 @@ def read_prompts(path: str) -> list[dict]:
         raise CorpusError(f"--prompts_file={path} does not exist") from None
     except UnicodeDecodeError as e:
         raise CorpusError(f"--prompts_file={path} is not UTF-8 ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise CorpusError(f"--prompts_file={path} cannot be read ({e.strerror})") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -130,3 +130,49 @@ def test_the_generate_subcommand_prints_and_writes_jsonl(tmp_path, cache_dir):
     bad.write_text('{"id": 1}\n')
     refused = run_module(["generate", "--ckpt_path", str(run), "--prompts_file", str(bad)])
     assert refused.returncode == 2 and f"{bad}:1" in refused.stderr
+
+
+class _MarkovLM(torch.nn.Module):
+    """A fixed bigram model (next-token log-probabilities by the last token), to test search exactly."""
+
+    causal = True
+
+    def __init__(self, probabilities: torch.Tensor):
+        super().__init__()
+        log_p = (probabilities / probabilities.sum(1, keepdim=True)).log()
+        vocab = log_p.size(0)
+
+        class Stack(torch.nn.Module):
+            config = ModelConfig(vocab_size=vocab, hidden_size=8, num_heads=1, max_position_embeddings=64)
+
+            def forward(self, ids, mask, position_ids=None, cache=None):
+                return type("Out", (), {"hidden": torch.nn.functional.one_hot(ids, vocab).float()})
+
+        class Head(torch.nn.Module):
+            output_weight = torch.zeros(1)
+
+            def forward(self, hidden):
+                return hidden @ log_p
+
+        self._stack, self.lm_head = Stack(), Head()
+
+    def stack(self):
+        return self._stack
+
+
+def test_beam_search_returns_finished_hypotheses_not_prefixes_cut_short():
+    """After token 0: 1 (0.55) or EOS (0.40); after 1: EOS or 3 (0.5 each). With 2 beams both end within
+    two steps; the answer is the best finished one, [1, EOS] (mean log-p -0.65) over [EOS] (-0.92), never
+    the unfinished prefix [1] that was still running when the second hypothesis ended."""
+    V, eos = 5, 4
+    p = torch.full((V, V), 1e-6)
+    p[0, 1], p[0, eos], p[0, 2] = 0.55, 0.40, 0.05
+    for t in (1, 2, 3):
+        p[t, 3], p[t, eos] = 0.5, 0.5
+    gen = Generator(_MarkovLM(p), eos, 0)
+    assert gen.generate([[0]], GenerationConfig(max_new_tokens=5, num_beams=2, use_cache=False))[0] == [1, eos]
+    # Without stopping at EOS, greedy runs to max_new_tokens and returns every token, EOS included.
+    assert gen.generate([[0]], GenerationConfig(max_new_tokens=4, stop_at_eos=False, use_cache=False))[0] == [1, 3, 3, 3]
+    p[3, eos] = 0.9  # now the chain ends: 0 -> 1 -> 3 -> EOS, then whatever follows EOS
+    out = Generator(_MarkovLM(p), eos, 0).generate([[0]], GenerationConfig(max_new_tokens=5, stop_at_eos=False, use_cache=False))[0]
+    assert len(out) == 5 and out[:2] == [1, 3] and out[2] == eos

@@ -150,7 +150,8 @@ def test_a_second_process_is_refused_a_directory_in_use(trained_gpt, tmp_path, c
 def test_temporaries_of_a_killed_write_are_removed_when_the_run_resumes(tmp_path, cache_dir):
     root = tmp_path / "run"
     run_cli(["fit", *tiny_args("gpt", root, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0")])
-    stale = [root / ".last.ckpt.tmp4242", root / ".tokenizer.json.tmp4242"]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    stale = [root / f".last.ckpt.tmp{dead}", root / f".tokenizer.json.tmp{dead}"]  # a writer that has exited
     for path in stale:
         path.write_bytes(b"half a file")
     run_cli(["fit", *tiny_args("gpt", root, "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0",
@@ -285,3 +286,34 @@ def test_quiet_by_default_and_a_resumed_max_steps_run_shows_its_progress(tmp_pat
         for noise in ("litlogger", "LeafSpec", "not resumable", "/-2"):
             assert noise not in text, noise
     assert "step 5/5" in resumed.stdout + resumed.stderr
+
+
+def test_checkpoints_of_the_first_stack_resume_and_evaluate(tmp_path, cache_dir):
+    """Checkpoints written before the stack's second edition: ModelConfig held ``causal`` and ALBERT's
+    factorised projection was ``transformer.embeddings.project``. They resume and evaluate as they were."""
+    from lit_ptm.cli import upgrade_hyperparameters
+
+    root = tmp_path / "old"
+    flags = ["--model.init_args.config.embedding_size", "32", "--trainer.limit_val_batches", "2"]
+    run_cli(["fit", *tiny_args("gpt", root, "--trainer.max_steps", "2", *flags)])
+    checkpoint = torch.load(root / "last.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"]["config"]["causal"] = True
+    checkpoint["lit_ptm"]["model_config"]["causal"] = True
+    del checkpoint["lit_ptm"]["causal"]
+    state = checkpoint["state_dict"]
+    renamed = [k for k in state if k.startswith("transformer.project.")]
+    assert renamed
+    for key in renamed:
+        state[key.replace("transformer.project.", "transformer.embeddings.project.")] = state.pop(key)
+    torch.save(checkpoint, root / "last.ckpt")
+    resumed = run_cli(["fit", *tiny_args("gpt", root, "--trainer.max_steps", "3", *flags, "--ckpt_path", str(root / "last.ckpt"))])
+    assert resumed.trainer.global_step == 3 and resumed.model.causal
+    tested = run_cli(["test", *tiny_args("gpt", root, *flags, "--ckpt_path", str(root / "last.ckpt"))])
+    assert tested.trainer.callback_metrics["test/loss"].item() < 10
+    # A fine-tuning task's old checkpoint: how its backbone reads moves from the config to the task.
+    old_task = {"config": {"hidden_size": 8, "causal": True}}
+    upgrade_hyperparameters(old_task, "lit_ptm.tasks.SequenceClassification")
+    assert old_task == {"config": {"hidden_size": 8}, "causal": True}
+    old_objective = {"config": {"hidden_size": 8, "causal": True}}
+    upgrade_hyperparameters(old_objective, "lit_ptm.objectives.CausalLM")
+    assert old_objective == {"config": {"hidden_size": 8}}

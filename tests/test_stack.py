@@ -36,8 +36,8 @@ def reference_mask(L, padding=None, documents=None, causal=False, prefix=None, e
                 if explicit is not None:
                     ok &= bool(explicit[b, q, k])
                 out[b, q, k] = ok
-            if not out[b, q].any() and documents is None:
-                out[b, q, q] = True  # an empty row sees itself
+            if not out[b, q].any() and documents is None and padding is not None and not padding[b, q]:
+                out[b, q, q] = True  # an empty padding row sees itself
     return out
 
 

@@ -75,12 +75,13 @@ class AttentionMask:
         return next((t.device for t in (self.padding, self.documents, self.prefix_length, self.explicit, self.bias)
                      if t is not None), None)
 
-    def dense(self, q_len: int, k_len: int, query_offset: int | None = None) -> torch.Tensor | None:
+    def dense(self, q_len: int, k_len: int, query_offset: int | None = None, cross: bool = False) -> torch.Tensor | None:
         """The boolean mask [B or 1, 1, Lq, Lk] (True = may attend), or None when every key is visible.
 
-        A query row that would see nothing (a padding position under a causal or explicit mask) sees
-        itself, so the kernel never normalises over an empty row (NaN that would spread through the
-        values of later layers)."""
+        A padding query row that would see nothing (left padding under a causal mask) sees itself, so
+        the kernel never normalises over an empty row (NaN that would spread through the values of
+        later layers). A real query row left with nothing is the caller's mask to fix. ``cross``: the
+        keys are another sequence (cross-attention): ``padding`` is theirs, not the queries'."""
         offset = k_len - q_len if query_offset is None else query_offset
         device = self._device()
         mask = None
@@ -102,13 +103,18 @@ class AttentionMask:
             mask = explicit if mask is None else mask & explicit
         if mask is None:
             return None
-        if self.documents is None and (self.padding is not None or self.explicit is not None):
+        if self.documents is None and self.padding is not None and not cross:
+            # A padding query with nothing to see (left padding under a causal mask) sees itself. Only
+            # padding rows: a real query left with nothing (a two-stream query stream whose explicit
+            # mask hides everything) must not be handed its own token, which may be its target.
             own = torch.zeros(q_len, k_len, dtype=torch.bool, device=mask.device)
             own[torch.arange(q_len), torch.arange(offset, offset + q_len).clamp(max=k_len - 1)] = True
-            mask = mask | (own & ~mask.any(-1, keepdim=True))
+            padding_query = ~self.padding[:, offset : offset + q_len][:, None, :, None]  # (B, 1, Lq, 1)
+            mask = mask | (own & padding_query & ~mask.any(-1, keepdim=True))
         return mask
 
-    def lower(self, q_len: int, k_len: int, query_offset: int | None = None, flex: bool = False) -> LoweredMask:
+    def lower(self, q_len: int, k_len: int, query_offset: int | None = None, flex: bool = False,
+              cross: bool = False) -> LoweredMask:
         """What the kernel takes, computed once per forward and shared by every layer.
 
         ``flex``: the caller may use FlexAttention (CUDA, no attention dropout); it is used when the
@@ -120,9 +126,9 @@ class AttentionMask:
         if (structured and self.causal and self.padding is None and self.documents is None and self.prefix_length is None
                 and offset == 0 and q_len == k_len):
             return LoweredMask(is_causal=True)
-        if flex and structured and flex_attention is not None:
+        if flex and structured and not cross and flex_attention is not None:
             return LoweredMask(block_mask=self._block_mask(q_len, k_len, offset))
-        mask = self.dense(q_len, k_len, offset)
+        mask = self.dense(q_len, k_len, offset, cross)
         if self.bias is not None:
             bias = self.bias[..., -q_len:, :k_len]
             mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
@@ -138,7 +144,7 @@ class AttentionMask:
             if documents is not None:
                 allowed = allowed & (documents[b, q_pos] == documents[b, kv_idx])
             elif padding is not None:  # a padding query row sees itself, so that no row is empty
-                allowed = allowed & (padding[b, kv_idx] | (kv_idx == q_pos))
+                allowed = allowed & (padding[b, kv_idx] | ((kv_idx == q_pos) & ~padding[b, q_pos]))
             if causal:
                 seen = kv_idx <= q_pos
                 if prefix is not None:

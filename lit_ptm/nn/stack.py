@@ -150,7 +150,7 @@ class Transformer(nn.Module):
         lowered = mask.lower(T, start + T, start, flex=flex)
         lowered_context = None
         if context is not None:
-            lowered_context = (context_mask or AttentionMask()).lower(T, context.size(1), 0)
+            lowered_context = (context_mask or AttentionMask()).lower(T, context.size(1), 0, cross=True)
         aux: dict[str, torch.Tensor] = {}
         for i, block in enumerate(self.blocks):
             x, block_aux = block(
