@@ -300,3 +300,40 @@ def test_a_compiled_training_step_trains_as_the_eager_one():
         compiled, module = train(True)
     assert compiled == pytest.approx(eager, abs=1e-5)
     assert module.stack()._compiled_call_impl is not None and module.lm_head._compiled_loss is not None
+
+
+def test_a_two_stream_stack_never_lets_a_query_see_its_own_token():
+    """XLNet's permutation LM through the whole stack: in a random factorisation order, the content
+    stream sees itself and what comes before it in the order, the query stream only what comes before
+    it. Over every layer, the query state of position i must not depend on token i (it predicts it),
+    and must depend on the tokens before it in the order."""
+    m = model()
+    L_ = 6
+    ids = torch.randint(5, 99, (1, L_))
+    rank = torch.randperm(L_, generator=torch.Generator().manual_seed(3))  # position -> place in the order
+    before = rank[None, :, None] > rank[None, None, :]  # (1, Lq, Lk): key k comes before query q in the order
+    content = AttentionMask(explicit=before | torch.eye(L_, dtype=torch.bool)[None])
+    first = int((rank == 0).nonzero())
+    query_explicit = before.clone()
+    # The first in the order has nothing before it to attend to; XLNet predicts only the last tokens of
+    # an order, so its query row is never a prediction: let it see the others, and leave it out below.
+    query_explicit[0, first] = True
+    query_explicit[0, first, first] = False
+    queries = AttentionMask(explicit=query_explicit)
+    g0 = m.embeddings.positions.weight[:L_][None]  # the query stream starts from positions alone
+
+    def query_states(tokens):
+        return m(tokens, content, query_stream=g0, query_mask=queries).query_hidden
+
+    base = query_states(ids)
+    assert base.shape == (1, L_, 32)
+    # The content stream is the stack's own output, untouched by the query stream beside it.
+    assert torch.equal(m(ids, content, query_stream=g0, query_mask=queries).hidden, m(ids, content).hidden)
+    for i in range(L_):
+        changed = ids.clone()
+        changed[0, i] = (changed[0, i] + 11) % 99
+        moved = (query_states(changed) - base).abs().amax(-1)[0]  # per query position
+        if i != first:
+            assert moved[i] < 1e-6  # its own token: never seen, through any layer
+        later = [q for q in range(L_) if rank[q] > rank[i]]
+        assert all(moved[q] > 1e-6 for q in later)  # tokens after it in the order read it

@@ -64,11 +64,13 @@ class Embeddings(nn.Module):
 @dataclass
 class StackOutput:
     """hidden (B, T, H); aux_losses: the blocks' auxiliary losses summed over layers (an MoE balance
-    loss), which the objective adds to its loss; cache: the KV cache, advanced past these tokens."""
+    loss), which the objective adds to its loss; cache: the KV cache, advanced past these tokens;
+    query_hidden: the query stream of two-stream attention."""
 
     hidden: torch.Tensor
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
     cache: KVCache | None = None
+    query_hidden: torch.Tensor | None = None  # two-stream attention: the query stream's states (B, T, H)
 
 
 class Transformer(nn.Module):
@@ -131,13 +133,20 @@ class Transformer(nn.Module):
         self, input_ids: torch.Tensor, mask: AttentionMask | None = None, *, position_ids: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None, block_position_ids: torch.Tensor | None = None,
         context: torch.Tensor | None = None, context_mask: AttentionMask | None = None, cache: KVCache | None = None,
+        query_stream: torch.Tensor | None = None, query_mask: AttentionMask | None = None,
     ) -> StackOutput:
         """input_ids [B, T] -> StackOutput(hidden [B, T, H], aux_losses, cache).
 
         mask: the attention pattern (None: bidirectional over every position). With a ``cache`` the
         T tokens follow the ``cache.length`` positions it holds; the mask's padding / documents then
         cover all ``cache.length + T`` positions. context [B, S, H] + context_mask: an encoder's output
-        for the cross-attention blocks."""
+        for the cross-attention blocks.
+
+        query_stream [B, T, H] + query_mask: two-stream attention (XLNet, MPNet). Each block runs the
+        content stream (the tokens, under ``mask``) and the query stream (position information only,
+        under ``query_mask``, usually one that hides each position's own token), whose queries attend
+        to the content stream's keys and values at the same layer, through the same weights. The query
+        stream's states come back as ``StackOutput.query_hidden``."""
         mask = mask if mask is not None else AttentionMask()
         T, start = input_ids.size(1), cache.length if cache is not None else 0
         x = self.embeddings(input_ids, position_ids, token_type_ids, block_position_ids, start=start)
@@ -152,7 +161,11 @@ class Transformer(nn.Module):
         if context is not None:
             lowered_context = (context_mask or AttentionMask()).lower(T, context.size(1), 0, cross=True)
         aux: dict[str, torch.Tensor] = {}
+        g = query_stream
+        lowered_query = (query_mask or AttentionMask()).lower(g.size(1), T) if g is not None else None
         for i, block in enumerate(self.blocks):
+            if g is not None:  # the query stream reads this layer's content stream, before the block updates it
+                g, _ = block(g, lowered_query, kv_from=x)
             x, block_aux = block(
                 x, lowered, cache=cache.layer(i) if cache is not None else None, context=context, context_mask=lowered_context,
                 cross_cache=cache.cross[i] if cache is not None and cache.cross is not None else None,
@@ -161,7 +174,8 @@ class Transformer(nn.Module):
                 aux[name] = aux[name] + value if name in aux else value
         if cache is not None:
             cache.advance(T)
-        return StackOutput(self.final_norm(x) if self.final_norm is not None else x, aux, cache)
+        norm = self.final_norm if self.final_norm is not None else (lambda h: h)
+        return StackOutput(norm(x), aux, cache, norm(g) if g is not None else None)
 
     def new_cache(self, batch_size: int, max_length: int, cross_length: int = 0, dtype=None) -> KVCache:
         """An empty KV cache for ``batch_size`` sequences of up to ``max_length`` positions."""
