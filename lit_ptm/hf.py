@@ -430,7 +430,7 @@ def export_hf(source, out, overwrite: bool = False) -> tuple[Path, str]:
         import transformers
     except ImportError:
         raise HFError("export needs transformers: pip install -e '.[hf]'") from None
-    from lit_ptm.pretrained import read_run, tokenizer_of
+    from lit_ptm.pretrained import read_run, reads_causally, tokenizer_of
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -438,7 +438,7 @@ def export_hf(source, out, overwrite: bool = False) -> tuple[Path, str]:
     path, raw, config = read_run(source, key="export")
     meta = raw["lit_ptm"]
     hparams = raw.get("hyper_parameters", {})
-    causal = bool(meta.get("causal", meta["model_config"].get("causal", False)))
+    causal = reads_causally(meta)
     family = meta.get("family") or family_of(config, causal)
     if family is None:
         close = {f: mismatches(config, f) for f in FAMILIES}

@@ -71,6 +71,11 @@ def read_run(path: str | Path, key: str = "model.pretrained") -> tuple[Path, dic
     return checkpoint, raw, ModelConfig(**{k: v for k, v in meta["model_config"].items() if k in fields})
 
 
+def reads_causally(meta: dict) -> bool:
+    """How a checkpoint's backbone reads, from its ``lit_ptm`` entry (older checkpoints kept it in the model config)."""
+    return bool(meta.get("causal", meta["model_config"].get("causal", False)))
+
+
 def load_pretrained(path: str | Path) -> Pretrained:
     """A lit_ptm run (directory or .ckpt) or a local HF model directory (BERT, RoBERTa, ALBERT, GPT-2)."""
     from lit_ptm.hf import is_hf_dir, read_hf_dir
@@ -84,8 +89,7 @@ def load_pretrained(path: str | Path) -> Pretrained:
     return Pretrained(
         checkpoint=checkpoint, objective=meta["objective"], config=config, state_dict=raw["state_dict"],
         backbone=meta.get("backbone", "transformer"), tokenizer_sha=meta.get("tokenizer_sha"),
-        # Older checkpoints kept it in the model config.
-        causal=bool(meta.get("causal", meta["model_config"].get("causal", False))),
+        causal=reads_causally(meta),
     )
 
 

@@ -26,11 +26,9 @@ class DataRecipe:
 
     packings: the window builders its collator accepts; the first is its default.
     collator: ``collator(special_ids, seed, isolate_documents) -> callable(samples) -> Batch``.
-    special_roles: the special tokens its windows and collator place (tokenizer roles).
     name: how errors name the objective ("the MaskedLM objective with model.pair_task=nsp").
     """
 
     packings: tuple[str, ...]
     collator: Callable
-    special_roles: tuple[str, ...] = ()
     name: str = "the objective"

@@ -51,10 +51,6 @@ class KVCache:
                                  torch.zeros(cross_shape[1:], device=device, dtype=dtype), 0, static=True)
                       for _ in range(config.num_layers)] if cross_length else None
 
-    @property
-    def max_length(self) -> int:
-        return self.k.size(3)
-
     def layer(self, i: int) -> LayerCache:
         return LayerCache(self.k[i], self.v[i], self.length)
 

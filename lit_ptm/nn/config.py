@@ -96,10 +96,5 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    @classmethod
-    def from_dict(cls, values: dict) -> ModelConfig:
-        """From ``to_dict``'s output, also that of older checkpoints (whose ``causal`` flag now belongs to the objective)."""
-        return cls(**{k: v for k, v in values.items() if k not in LEGACY_KEYS})
-
 
 LEGACY_KEYS = ("causal",)  # settings older checkpoints record that are no longer ModelConfig's

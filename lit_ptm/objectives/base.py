@@ -186,7 +186,6 @@ class PretrainObjective(L.LightningModule):
         self.config, self.optim, self.pretrained, self.compile_step = config, optim, pretrained, compile
         self.stack_names: tuple[str, ...] = ()
         self._last_step_time: float | None = None
-        self._metrics_built = False
 
     # -- building -------------------------------------------------------------------------------
     def _datamodule(self):

@@ -16,7 +16,7 @@ class CausalLM(PretrainObjective):
 
     def data_recipe(self) -> DataRecipe:
         # Windows of L + 1 tokens: inputs and their shifted labels.
-        return DataRecipe(packings=("contiguous",), special_roles=self.special_roles, name="the CausalLM objective",
+        return DataRecipe(packings=("contiguous",), name="the CausalLM objective",
                           collator=lambda ids, seed, isolate_documents: CausalLMCollator(ids, isolate_documents=isolate_documents))
 
     def build_heads(self) -> None:

@@ -50,13 +50,13 @@ class MaskedLM(PretrainObjective):
             def collator(ids, seed, isolate_documents):
                 return PairMLMCollator(ids, seed, self.pair_task, self.mlm_probability, self.whole_word_mask, self.max_ngram)
 
-            return DataRecipe(packings=(f"{self.pair_task}_pairs",), collator=collator, special_roles=self.special_roles,
+            return DataRecipe(packings=(f"{self.pair_task}_pairs",), collator=collator,
                               name=f"the MaskedLM objective with model.pair_task={self.pair_task}")
 
         def collator(ids, seed, isolate_documents):
             return MLMCollator(ids, seed, self.mlm_probability, self.whole_word_mask, isolate_documents, self.max_ngram)
 
-        return DataRecipe(packings=("doc_sentences", "full_sentences"), collator=collator, special_roles=self.special_roles,
+        return DataRecipe(packings=("doc_sentences", "full_sentences"), collator=collator,
                           name="the MaskedLM objective")
 
     def build_heads(self) -> None:
