@@ -177,6 +177,9 @@ def test_a_cached_query_is_not_aligned_top_left():
     lowered = AttentionMask(causal=True).lower(2, 6)
     assert not lowered.is_causal
     assert lowered.mask.tolist() == [[True] * 5 + [False], [True] * 6]
+    # A causal-only pattern holds no tensor: the mask is built on the device the stack runs on (a
+    # cached decoding step on a GPU must not get a CPU mask).
+    assert AttentionMask(causal=True).lower(1, 6, device="meta").mask.device.type == "meta"
 
 
 def test_cached_decoding_with_left_padding_and_cross_attention():

@@ -75,7 +75,8 @@ class AttentionMask:
         return next((t.device for t in (self.padding, self.documents, self.prefix_length, self.explicit, self.bias)
                      if t is not None), None)
 
-    def dense(self, q_len: int, k_len: int, query_offset: int | None = None, cross: bool = False) -> torch.Tensor | None:
+    def dense(self, q_len: int, k_len: int, query_offset: int | None = None, cross: bool = False,
+              device=None) -> torch.Tensor | None:
         """The boolean mask [B or 1, 1, Lq, Lk] (True = may attend), or None when every key is visible.
 
         A padding query row that would see nothing (left padding under a causal mask) sees itself, so
@@ -83,7 +84,7 @@ class AttentionMask:
         later layers). A real query row left with nothing is the caller's mask to fix. ``cross``: the
         keys are another sequence (cross-attention): ``padding`` is theirs, not the queries'."""
         offset = k_len - q_len if query_offset is None else query_offset
-        device = self._device()
+        device = self._device() or device  # a causal-only pattern holds no tensor: the caller's device
         mask = None
         if self.documents is not None:
             docs_k = self.documents[:, :k_len]
@@ -114,7 +115,7 @@ class AttentionMask:
         return mask
 
     def lower(self, q_len: int, k_len: int, query_offset: int | None = None, flex: bool = False,
-              cross: bool = False) -> LoweredMask:
+              cross: bool = False, device=None) -> LoweredMask:
         """What the kernel takes, computed once per forward and shared by every layer.
 
         ``flex``: the caller may use FlexAttention (CUDA, no attention dropout); it is used when the
@@ -128,7 +129,7 @@ class AttentionMask:
             return LoweredMask(is_causal=True)
         if flex and structured and not cross and flex_attention is not None:
             return LoweredMask(block_mask=self._block_mask(q_len, k_len, offset))
-        mask = self.dense(q_len, k_len, offset, cross)
+        mask = self.dense(q_len, k_len, offset, cross, device)
         if self.bias is not None:
             bias = self.bias[..., -q_len:, :k_len]
             mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
@@ -153,7 +154,7 @@ class AttentionMask:
             return allowed
 
         batch = next((t.size(0) for t in (padding, documents, prefix) if t is not None), None)
-        device = self._device() or torch.device("cuda")
+        device = self._device() or torch.device("cuda")  # flex is asked for on CUDA only
         # Compiled, building the block mask costs a fraction of the dense mask's memory and time (CUDA only:
         # the CPU code generator does not build it in torch 2.13).
         return create_block_mask(mask_mod, batch, None, q_len, k_len, device=device, _compile=device.type == "cuda")

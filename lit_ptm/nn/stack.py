@@ -156,13 +156,13 @@ class Transformer(nn.Module):
         # (documents, prefixes) and no attention dropout is drawn: it takes none.
         flex = (x.is_cuda and masks.USE_FLEX and (mask.documents is not None or mask.prefix_length is not None)
                 and not (self.training and self.config.attention_dropout > 0))
-        lowered = mask.lower(T, start + T, start, flex=flex)
+        lowered = mask.lower(T, start + T, start, flex=flex, device=x.device)
         lowered_context = None
         if context is not None:
-            lowered_context = (context_mask or AttentionMask()).lower(T, context.size(1), 0, cross=True)
+            lowered_context = (context_mask or AttentionMask()).lower(T, context.size(1), 0, cross=True, device=x.device)
         aux: dict[str, torch.Tensor] = {}
         g = query_stream
-        lowered_query = (query_mask or AttentionMask()).lower(g.size(1), T) if g is not None else None
+        lowered_query = (query_mask or AttentionMask()).lower(g.size(1), T, device=x.device) if g is not None else None
         for i, block in enumerate(self.blocks):
             if g is not None:  # the query stream reads this layer's content stream, before the block updates it
                 g, _ = block(g, lowered_query, kv_from=x)
