@@ -78,6 +78,7 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.num_heads, self.dropout = config.num_heads, config.attention_dropout
+        self.scale = None if config.scale_attention else 1.0  # None: SDPA's 1 / sqrt(head_size)
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.bias)
         self.out = nn.Linear(config.hidden_size, config.hidden_size, bias=config.bias)
 
@@ -99,5 +100,5 @@ class Attention(nn.Module):
                 k, v = self._heads(F.linear(context, w[C:], b[C:] if b is not None else None), 2)  # (B, nh, S, hs)
         if cache is not None:
             k, v = cache.update(k, v)
-        y = attend(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        y = attend(q, k, v, mask, self.dropout if self.training else 0.0, self.scale)  # (B, nh, T, hs)
         return self.out(y.transpose(1, 2).reshape(B, T, C))

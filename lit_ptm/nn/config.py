@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 from lit_ptm.errors import ConfigError
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 NORM_POSITIONS = ("post", "pre")
-POSITION_EMBEDDINGS = ("learned", "none")
+POSITION_EMBEDDINGS = ("learned", "none", "relative")
+NORMS = ("layer", "rms")
 SHARING = ("none", "all", "attention", "ffn")
 
 
@@ -32,9 +33,14 @@ class ModelConfig:
     max_position_embeddings: int = 512
     position_offset: int = 0  # first row of the position table used (RoBERTa's table starts at padding_idx + 1)
     type_vocab_size: int = 0  # segment (token type) embeddings; 0: none
-    position_embedding: Literal["learned", "none"] = "learned"  # learned | none
+    # learned: absolute positions in a table; none; relative: T5's learned bias per head and bucket of
+    # (key - query) distance, added to the attention scores of every layer (no absolute positions)
+    position_embedding: Literal["learned", "none", "relative"] = "learned"
+    relative_buckets: int = 32  # T5: distance buckets (half per direction in an encoder)
+    relative_max_distance: int = 128  # T5: distances beyond this share the last bucket
     norm_position: Literal["post", "pre"] = "post"  # post (BERT: norm after the residual add) | pre (GPT-2)
     norm_eps: float = 1e-12
+    norm: Literal["layer", "rms"] = "layer"  # layer: LayerNorm (BERT, GPT-2, BART); rms: RMSNorm, no mean, no bias (T5)
     embedding_norm: bool = True  # LayerNorm on the summed embeddings (BERT)
     final_norm: bool = False  # LayerNorm after the last block (pre-LN stacks)
     activation: Literal["gelu", "gelu_tanh", "relu", "silu"] = "gelu"  # gelu | gelu_tanh | relu | silu
@@ -45,6 +51,10 @@ class ModelConfig:
     lm_head_transform: bool = True  # dense + activation + LayerNorm before the output projection (BERT)
     lm_head_bias: bool = True
     init_std: float = 0.02
+    scale_attention: bool = True  # scores / sqrt(head_size); T5 does not scale (its initialisation does)
+    scale_embeddings: bool = False  # token embeddings * sqrt(E) (BART's scale_embedding, mBART)
+    lm_head_scale: bool = False  # T5: hidden * hidden_size^-0.5 before the (tied, unscaled) output projection
+    num_decoder_layers: int | None = None  # an encoder-decoder's decoder depth; None: num_layers
     scale_residual_init: bool = False  # GPT-2: residual output projections get std / sqrt(2 * num_layers)
     feed_forward: Literal["dense"] = "dense"  # the blocks' feed-forward class (nn.layers.FEED_FORWARDS)
     block_position_embedding: bool = False  # a second position table (GLM's 2D positions: the position inside a blank)
@@ -53,7 +63,7 @@ class ModelConfig:
         def bad(key, why):
             raise ConfigError(f"model.config.{key}={getattr(self, key)!r}: {why}")
 
-        for key in ("hidden_size", "num_layers", "num_heads", "max_position_embeddings"):
+        for key in ("hidden_size", "num_layers", "num_heads", "max_position_embeddings", "relative_buckets", "relative_max_distance"):
             if getattr(self, key) < 1:
                 bad(key, "must be positive")
         if not 0 <= self.position_offset < self.max_position_embeddings:
@@ -70,6 +80,10 @@ class ModelConfig:
             bad("share", f"is not one of {', '.join(SHARING)}")
         if self.embedding_size is not None and self.embedding_size < 1:
             bad("embedding_size", "must be positive")
+        if self.norm not in NORMS:
+            bad("norm", f"is not one of {', '.join(NORMS)}")
+        if self.num_decoder_layers is not None and self.num_decoder_layers < 1:
+            bad("num_decoder_layers", "must be positive (or null: num_layers)")
         if self.position_embedding not in POSITION_EMBEDDINGS:
             bad("position_embedding", f"is not one of {', '.join(POSITION_EMBEDDINGS)}")
         for key in ("dropout", "attention_dropout"):
@@ -92,6 +106,10 @@ class ModelConfig:
     @property
     def head_size(self) -> int:
         return self.hidden_size // self.num_heads
+
+    def decoder(self) -> ModelConfig:
+        """The config of an encoder-decoder's decoder stack: this one with ``num_decoder_layers`` layers."""
+        return replace(self, num_layers=self.num_decoder_layers or self.num_layers)
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -20,6 +20,15 @@ def activation(name: str):
     }[name]
 
 
+def norm(config: ModelConfig, width: int | None = None) -> nn.Module:
+    """The stack's normalisation over ``width`` (default hidden_size): LayerNorm, or T5's RMSNorm
+    (no mean subtraction, no bias)."""
+    width = width or config.hidden_size
+    if config.norm == "rms":
+        return nn.RMSNorm(width, eps=config.norm_eps)
+    return nn.LayerNorm(width, eps=config.norm_eps)
+
+
 class FeedForward(nn.Module):
     """The dense position-wise feed-forward: H -> ffn_size -> H."""
 
@@ -47,20 +56,20 @@ class Block(nn.Module):
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
         self.attention = Attention(config)
-        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+        self.attention_norm = norm(config)
         if cross_attention:
             self.cross_attention = Attention(config)
-            self.cross_attention_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+            self.cross_attention_norm = norm(config)
         else:
             self.cross_attention = self.cross_attention_norm = None
         self.ffn = FEED_FORWARDS[config.feed_forward](config)
-        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+        self.ffn_norm = norm(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def _sublayer(self, x: torch.Tensor, norm: nn.LayerNorm, fn) -> torch.Tensor:
+    def _sublayer(self, x: torch.Tensor, normalise: nn.Module, fn) -> torch.Tensor:
         if self.pre_norm:
-            return x + self.dropout(fn(norm(x)))
-        return norm(x + self.dropout(fn(x)))
+            return x + self.dropout(fn(normalise(x)))
+        return normalise(x + self.dropout(fn(x)))
 
     def forward(
         self, x: torch.Tensor, mask: LoweredMask, *, kv_from: torch.Tensor | None = None, cache: LayerCache | None = None,

@@ -175,11 +175,14 @@ class LoweredMask:
         return "sdpa-causal" if self.is_causal else ("sdpa" if self.mask is None else "sdpa-masked")
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: LoweredMask, dropout: float = 0.0) -> torch.Tensor:
-    """Scaled dot-product attention of q (B, nh, Lq, hs) over k, v (B, nh, Lk, hs) -> (B, nh, Lq, hs)."""
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: LoweredMask, dropout: float = 0.0,
+           scale: float | None = None) -> torch.Tensor:
+    """Scaled dot-product attention of q (B, nh, Lq, hs) over k, v (B, nh, Lk, hs) -> (B, nh, Lq, hs).
+    ``scale``: of the scores; None is 1 / sqrt(hs)."""
     if mask.block_mask is not None:
-        return _compiled_flex()(q, k, v, block_mask=mask.block_mask)
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask.mask, dropout_p=dropout, is_causal=mask.is_causal)
+        return _compiled_flex()(q, k, v, block_mask=mask.block_mask, scale=scale)
+    return torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask.mask, dropout_p=dropout, is_causal=mask.is_causal, scale=scale)
 
 
 _FLEX = None

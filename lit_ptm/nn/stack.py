@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -11,7 +12,7 @@ from torch import nn
 from lit_ptm.errors import ConfigError
 from lit_ptm.nn.attention import KVCache
 from lit_ptm.nn.config import ModelConfig
-from lit_ptm.nn.layers import Block
+from lit_ptm.nn.layers import Block, norm
 from lit_ptm.nn import mask as masks
 from lit_ptm.nn.mask import AttentionMask
 
@@ -21,16 +22,18 @@ class Embeddings(nn.Module):
 
     A module of its own so that stacks can share it: ELECTRA's generator and discriminator, or an
     encoder and a decoder over one vocabulary, hold the same ``Embeddings`` (each stack projects
-    E to its own width when they differ)."""
+    E to its own width when they differ). ``tokens``: another stack's token table, the one thing an
+    encoder and a decoder share (BART and MASS give each stack its own positions and norm)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, tokens: nn.Embedding | None = None):
         super().__init__()
         self.max_positions, self.offset = config.max_length, config.position_offset
         E = config.embed_size  # ALBERT: every embedding in E dimensions, then one projection to H (in the stack)
-        self.tokens = nn.Embedding(config.vocab_size, E)
+        self.tokens = tokens if tokens is not None else nn.Embedding(config.vocab_size, E)
+        self.token_scale = E**0.5 if config.scale_embeddings else None
         self.positions = nn.Embedding(config.max_position_embeddings, E) if config.position_embedding == "learned" else None
         self.token_types = nn.Embedding(config.type_vocab_size, E) if config.type_vocab_size else None
-        self.norm = nn.LayerNorm(E, eps=config.norm_eps) if config.embedding_norm else None
+        self.norm = norm(config, E) if config.embedding_norm else None
         self.dropout = nn.Dropout(config.dropout)
         # GLM's 2D positions: a second table for the position inside a blank (0 outside the blanks).
         self.block_positions = nn.Embedding(config.max_position_embeddings, E) if config.block_position_embedding else None
@@ -49,6 +52,8 @@ class Embeddings(nn.Module):
                 "less position_offset); lower data.seq_length or raise max_position_embeddings"
             )
         x = self.tokens(input_ids)  # (B, T, E)
+        if self.token_scale is not None:
+            x = x * self.token_scale
         if self.positions is not None:
             first = self.offset + start
             x = x + (self.positions.weight[first : first + T] if position_ids is None else self.positions(position_ids + self.offset))
@@ -59,6 +64,41 @@ class Embeddings(nn.Module):
         if self.norm is not None:
             x = self.norm(x)
         return self.dropout(x)
+
+
+class RelativePositionBias(nn.Module):
+    """T5's relative positions: a learned scalar per head for each bucket of the distance key - query,
+    added to the attention scores. Distances below ``buckets / 2`` (per direction) have a bucket each;
+    longer ones share logarithmically wider buckets up to ``relative_max_distance``, beyond which all
+    share the last. Bidirectional (an encoder): half the buckets for keys after the query; a decoder
+    (causal) uses all of them for keys before it."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_buckets, self.max_distance = config.relative_buckets, config.relative_max_distance
+        self.buckets = nn.Embedding(config.relative_buckets, config.num_heads)
+
+    def bucket(self, distance: torch.Tensor, bidirectional: bool) -> torch.Tensor:
+        """distance = key - query position (any shape, long) -> bucket index (same shape)."""
+        n, bucket = self.num_buckets, torch.zeros_like(distance)
+        if bidirectional:
+            n //= 2
+            bucket = bucket + (distance > 0).long() * n
+            distance = distance.abs()
+        else:
+            distance = (-distance).clamp(min=0)  # keys after the query are masked anyway
+        exact = n // 2
+        # Logarithmic beyond ``exact``: exact + log(d / exact) / log(max / exact) * (n - exact), capped at n - 1.
+        wide = exact + (torch.log(distance.clamp(min=1).float() / exact) / math.log(self.max_distance / exact)
+                        * (n - exact)).long()
+        return bucket + torch.where(distance < exact, distance, wide.clamp(max=n - 1))
+
+    def forward(self, q_len: int, start: int, bidirectional: bool) -> torch.Tensor:
+        """The bias (1, nh, q_len, start + q_len) of queries at positions start.. over keys 0.. (a KV cache's first)."""
+        device = self.buckets.weight.device
+        q = torch.arange(start, start + q_len, device=device)[:, None]
+        k = torch.arange(start + q_len, device=device)[None, :]
+        return self.buckets(self.bucket(k - q, bidirectional)).permute(2, 0, 1)[None]  # (1, nh, Lq, Lk)
 
 
 @dataclass
@@ -81,7 +121,8 @@ class Transformer(nn.Module):
     ``cross_attention``: every block also attends to a ``context`` (a decoder over an encoder's output).
     """
 
-    def __init__(self, config: ModelConfig, embeddings: Embeddings | None = None, cross_attention: bool = False):
+    def __init__(self, config: ModelConfig, embeddings: Embeddings | None = None, cross_attention: bool = False,
+                 tokens: nn.Embedding | None = None):
         super().__init__()
         if config.vocab_size is None:
             raise ConfigError("model.config.vocab_size is not set (it is taken from the tokenizer when training)")
@@ -92,14 +133,19 @@ class Transformer(nn.Module):
             )
         self.config = config
         shared = embeddings is not None
-        self.embeddings = embeddings if shared else Embeddings(config)
+        self.embeddings = embeddings if shared else Embeddings(config, tokens)
         # Factorised (ALBERT): always projected, also where E == H, as HF's ALBERT is.
         self.project = nn.Linear(config.embed_size, config.hidden_size) if config.embedding_size is not None else None
         self.blocks = nn.ModuleList(self._shared_blocks(config, cross_attention))
-        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps) if config.final_norm else None
+        self.final_norm = norm(config) if config.final_norm else None
+        # T5: one bias table per stack, shared by its layers (HF keeps it in the first layer).
+        self.relative_bias = RelativePositionBias(config) if config.position_embedding == "relative" else None
         for name, module in self.named_children():
-            if not (shared and name == "embeddings"):  # a shared table keeps its owner's weights
-                module.apply(self._init_weights)
+            if shared and name == "embeddings":  # a shared table keeps its owner's weights
+                continue
+            for part in (module.children() if name == "embeddings" and tokens is not None else [module]):
+                if part is not tokens:
+                    part.apply(self._init_weights)
         if config.scale_residual_init:
             for block in self.blocks:
                 for proj in (block.attention.out, block.ffn.down):
@@ -125,9 +171,10 @@ class Transformer(nn.Module):
             nn.init.normal_(module.weight, std=self.config.init_std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
-        if isinstance(module, nn.LayerNorm):
+        if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
             nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
 
     def forward(
         self, input_ids: torch.Tensor, mask: AttentionMask | None = None, *, position_ids: torch.Tensor | None = None,
@@ -149,6 +196,9 @@ class Transformer(nn.Module):
         stream's states come back as ``StackOutput.query_hidden``."""
         mask = mask if mask is not None else AttentionMask()
         T, start = input_ids.size(1), cache.length if cache is not None else 0
+        if self.relative_bias is not None:  # (1, nh, T, start + T), for every layer; a decoder's buckets look back only
+            bias = self.relative_bias(T, start, bidirectional=not mask.causal)
+            mask = dataclasses.replace(mask, bias=bias if mask.bias is None else mask.bias + bias)
         x = self.embeddings(input_ids, position_ids, token_type_ids, block_position_ids, start=start)
         if self.project is not None:
             x = self.project(x)  # (B, T, H)

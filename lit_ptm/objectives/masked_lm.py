@@ -73,7 +73,10 @@ class MaskedLM(PretrainObjective):
         return self.lm_head(self.encode({k: v for k, v in batch.items() if v is not None}).hidden)
 
     def loss_parts(self, batch):
-        out = self.encode(batch)
+        return self.mlm_loss_parts(batch, self.encode(batch))
+
+    def mlm_loss_parts(self, batch, out):
+        """The MLM (+ pair task) loss parts from the stack's output ``out`` for ``batch``."""
         hidden, labels = out.hidden, batch["labels"]  # (B, T, H), (B, T)
         predicted = labels != -100
         targets = labels[predicted]
