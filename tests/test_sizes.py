@@ -11,18 +11,17 @@ import yaml
 
 from conftest import CONFIGS
 from lit_ptm.nn import ModelConfig
-from lit_ptm.objectives import CausalLM, MaskedLM
-
-OBJECTIVES = {"lit_ptm.objectives.MaskedLM": MaskedLM, "lit_ptm.objectives.CausalLM": CausalLM}
+from lit_ptm import objectives
 
 
-def count(recipe: str, size: str) -> int:
+def count(recipe: str, size: str | None = None, **changes) -> int:
+    """Parameters of ``recipe`` (at its own size, or with a size preset), with init args ``changes``."""
     base = yaml.safe_load((CONFIGS / recipe).read_text())
-    preset = yaml.safe_load((CONFIGS / "sizes" / size).read_text())
+    preset = yaml.safe_load((CONFIGS / "sizes" / size).read_text()) if size else {"model": {"init_args": {"config": {}}}}
     config = {**base["model"]["init_args"]["config"], **preset["model"]["init_args"]["config"]}
     config["vocab_size"] = base["data"]["init_args"]["vocab_size"]  # the recipe's tokenizer size
-    objective = OBJECTIVES[base["model"]["class_path"]]
-    extra = {k: v for k, v in base["model"]["init_args"].items() if k not in ("config", "optim")}
+    objective = getattr(objectives, base["model"]["class_path"].rsplit(".", 1)[1])
+    extra = {k: v for k, v in base["model"]["init_args"].items() if k not in ("config", "optim")} | changes
     with torch.device("meta"):
         module = objective(config=ModelConfig(**config), **extra)
         module.configure_model()
@@ -52,3 +51,24 @@ def test_exact_counts_of_the_reference_architectures():
     # HF BertForPreTraining (bert-base-uncased: MLM + pooler + NSP) and GPT2LMHeadModel (gpt2) hold exactly these.
     assert count("bert.yaml", "base.yaml") == 110_106_428
     assert count("gpt.yaml", "base.yaml") == 124_439_808
+
+
+@pytest.mark.parametrize("recipe, published", [
+    ("t5.yaml", 60.5e6),  # T5-small (60,506,624 in HF's T5ForConditionalGeneration, tied head)
+    ("bart.yaml", 139.4e6),  # BART-base (139,420,416 in HF, + 50,265 for final_logits_bias, a buffer there)
+    ("mass.yaml", 123e6),  # MASS-base-uncased (6 + 6 layers, 768, BERT's uncased vocabulary): 123M
+])
+def test_encoder_decoder_recipes_are_their_papers_sizes(recipe, published):
+    n = count(recipe)
+    assert abs(n - published) / published < 0.01, f"{recipe}: {n:,} parameters, published {published:,.0f}"
+
+
+def test_exact_counts_of_the_encoder_decoder_references():
+    assert count("t5.yaml") == 60_506_624  # HF T5ForConditionalGeneration, t5-small
+    assert count("bart.yaml") == 139_420_416 + 50_265  # HF BartForConditionalGeneration, bart-base, + its logit bias
+
+
+def test_spanbert_base_is_bert_base_plus_the_boundary_head():
+    H = 768
+    sbo = 32 * H + (3 * H * H + H) + 2 * H + (H * H + H) + 2 * H  # offsets, two Linear + LayerNorm
+    assert count("spanbert.yaml") == count("bert.yaml", pair_task="none") + sbo
