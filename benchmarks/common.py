@@ -34,9 +34,47 @@ def gpt2_config(hidden: int, layers: int, heads: int, vocab: int = 50257, dropou
     )
 
 
+def t5_config(hidden: int, layers: int, heads: int, vocab: int = 32128, dropout: float = 0.1) -> ModelConfig:
+    """T5 (v1.0) as HF's T5Config builds it: relative buckets, pre-LN RMSNorm eps 1e-6, no biases, ReLU,
+    unscaled scores, tied head on states scaled by d^-0.5."""
+    return ModelConfig(
+        vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads, intermediate_size=4 * hidden,
+        max_position_embeddings=512, position_embedding="relative", norm="rms", norm_position="pre", norm_eps=1e-6,
+        embedding_norm=False, final_norm=True, bias=False, activation="relu", scale_attention=False,
+        lm_head_transform=False, lm_head_bias=False, lm_head_scale=True, dropout=dropout, attention_dropout=0.0,
+    )
+
+
+def bart_config(hidden: int, layers: int, heads: int, vocab: int = 50265, dropout: float = 0.1) -> ModelConfig:
+    """BART as HF's BartConfig builds it: post-LN eps 1e-5, GELU, positions offset by 2, embedding LayerNorm,
+    tied head plus final_logits_bias."""
+    return ModelConfig(
+        vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads, intermediate_size=4 * hidden,
+        max_position_embeddings=1026, position_offset=2, norm_eps=1e-5, lm_head_transform=False,
+        dropout=dropout, attention_dropout=0.0,
+    )
+
+
 def hf_model(kind: str, cfg: ModelConfig):
     """The HF transformers model of the same architecture, with SDPA attention."""
     import transformers
+
+    if kind == "t5":
+        hf_cfg = transformers.T5Config(
+            vocab_size=cfg.vocab_size, d_model=cfg.hidden_size, d_kv=cfg.head_size, d_ff=cfg.ffn_size,
+            num_layers=cfg.num_layers, num_heads=cfg.num_heads, dropout_rate=cfg.dropout, feed_forward_proj="relu",
+            decoder_start_token_id=0, pad_token_id=0,
+        )
+        hf_cfg._attn_implementation = "sdpa"
+        return transformers.T5ForConditionalGeneration(hf_cfg)
+    if kind == "bart":
+        hf_cfg = transformers.BartConfig(
+            vocab_size=cfg.vocab_size, d_model=cfg.hidden_size, encoder_layers=cfg.num_layers, decoder_layers=cfg.num_layers,
+            encoder_attention_heads=cfg.num_heads, decoder_attention_heads=cfg.num_heads, encoder_ffn_dim=cfg.ffn_size,
+            decoder_ffn_dim=cfg.ffn_size, dropout=cfg.dropout, attention_dropout=0.0, activation_dropout=0.0,
+        )
+        hf_cfg._attn_implementation = "sdpa"
+        return transformers.BartForConditionalGeneration(hf_cfg)
 
     if kind == "bert":
         hf_cfg = transformers.BertConfig(

@@ -5,10 +5,14 @@
     python benchmarks/train_throughput.py --model gpt-small       # GPT2LMHeadModel H256/L4, 32 x 128
     python benchmarks/train_throughput.py --model gpt2 --batch 8 --seq 1024 --bf16   # GPU
     python benchmarks/train_throughput.py --model gpt2 --batch 8 --seq 1024 --bf16 --compile   # both compiled
+    python benchmarks/train_throughput.py --model t5-small --batch 16 --seq 128 --target 32    # T5ForConditionalGeneration
+    python benchmarks/train_throughput.py --model bart-small --batch 16 --seq 128             # BartForConditionalGeneration H256/L4
 
 Each step is forward + backward + AdamW (fused, for both). MLM batches mask 15% of the tokens with
 lit_ptm's collator; HF's BertForMaskedLM runs its vocabulary-wide head on every token, lit_ptm only
-on the masked ones. Contenders alternate in rounds in one process; the ratio is what to report.
+on the masked ones. Encoder-decoders (t5-*, bart-*) read random sources of --seq tokens and learn
+random targets of --target tokens (default: --seq), the loss on every target token for both.
+Contenders alternate in rounds in one process; the ratio is what to report.
 For CPU runs, preload jemalloc (see README) for both.
 
 --compile: lit_ptm as ``--model.compile true`` compiles it (its stack and its fused loss), HF's whole
@@ -26,16 +30,20 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import allocator, bert_config, gpt2_config, hf_model, interleaved, n_params  # noqa: E402
+from common import allocator, bart_config, bert_config, gpt2_config, hf_model, interleaved, n_params, t5_config  # noqa: E402
 
 from lit_ptm.data.collate import MLMCollator  # noqa: E402
-from lit_ptm.objectives import CausalLM, MaskedLM  # noqa: E402
+from lit_ptm.objectives import BART, T5, CausalLM, MaskedLM  # noqa: E402
 from lit_ptm.tokenizer import SpecialIds  # noqa: E402
 
 SIZES = {
     "bert-small": ("bert", 256, 4, 4), "bert-base": ("bert", 768, 12, 12), "gpt-small": ("gpt", 256, 4, 4),
     "gpt2": ("gpt", 768, 12, 12),  # GPT-2 small, 124M: the GPU comparison (e.g. --batch 8 --seq 1024 --bf16)
+    "t5-small": ("t5", 512, 6, 8),  # T5-small, 60.5M
+    "bart-small": ("bart", 256, 4, 4), "bart-base": ("bart", 768, 6, 12),  # BART-base, 139M
 }
+CONFIGS = {"bert": bert_config, "gpt": gpt2_config, "t5": t5_config, "bart": bart_config}
+OBJECTIVES = {"bert": MaskedLM, "gpt": CausalLM, "t5": T5, "bart": BART}
 
 
 def mlm_batch(vocab: int, batch: int, seq: int):
@@ -55,6 +63,7 @@ def main() -> None:
     p.add_argument("--model", choices=sorted(SIZES), default="bert-small")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--target", type=int, default=None, help="encoder-decoders: target length (default --seq)")
     p.add_argument("--steps", type=int, default=5, help="steps per timed round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -64,8 +73,8 @@ def main() -> None:
 
     kind, hidden, layers, heads = SIZES[args.model]
     torch.manual_seed(0)
-    cfg = bert_config(hidden, layers, heads) if kind == "bert" else gpt2_config(hidden, layers, heads)
-    ours = (MaskedLM if kind == "bert" else CausalLM)(config=cfg, compile=args.compile)
+    cfg = CONFIGS[kind](hidden, layers, heads)
+    ours = OBJECTIVES[kind](config=cfg, compile=args.compile)
     ours.configure_model()
     ours = ours.to(args.device).train()
     hf = hf_model(kind, cfg).to(args.device).train()
@@ -74,6 +83,12 @@ def main() -> None:
     if kind == "bert":
         batch = mlm_batch(cfg.vocab_size, args.batch, args.seq)
         hf_inputs = {"input_ids": batch["input_ids"], "labels": batch["labels"]}
+    elif kind in ("t5", "bart"):
+        g = torch.Generator().manual_seed(0)
+        source = torch.randint(111, cfg.vocab_size, (args.batch, args.seq), generator=g)
+        target = torch.randint(111, cfg.vocab_size, (args.batch, (args.target or args.seq) + 1), generator=g)
+        batch = {"input_ids": source, "decoder_input_ids": target[:, :-1].contiguous(), "labels": target[:, 1:].contiguous()}
+        hf_inputs = dict(batch)
     else:
         ids = torch.randint(111, cfg.vocab_size, (args.batch, args.seq + 1), generator=torch.Generator().manual_seed(0))
         batch = {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
@@ -108,7 +123,8 @@ def main() -> None:
     print(f"params: lit_ptm {n_params(ours):,}  hf {n_params(hf):,}")
     predicted = int((batch["labels"] != -100).sum())
     flops = useful_flops(cfg, args.batch, args.seq, predicted)
-    peak = matmul_peak(args.device) if args.device.startswith("cuda") and args.bf16 else None
+    # MFU for the single stacks only (the formula below does not count a decoder's cross-attention)
+    peak = matmul_peak(args.device) if args.device.startswith("cuda") and args.bf16 and kind in ("bert", "gpt") else None
     for name, s in sec.items():
         mfu = f", MFU {flops / s / peak:.1%}" if peak else ""
         print(f"{name:>8}: {tokens / s:10,.0f} tok/s  ({s * 1000:.1f} ms/step{mfu})")
