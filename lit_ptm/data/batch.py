@@ -17,6 +17,9 @@ class Batch(TypedDict, total=False):
     token_type_ids: torch.Tensor  # [B, L] segment (A = 0, B = 1) of sentence pairs
     prefix_length: torch.Tensor  # [B] a prefix LM's bidirectional prefix (UniLM seq2seq, GLM Part A)
     pair_labels: torch.Tensor  # [B] NSP (1 = random B) / SOP (1 = swapped) targets
+    span_left: torch.Tensor  # [B, L] SpanBERT's SBO: position just before the token's span (0 where labels are -100)
+    span_right: torch.Tensor  # [B, L] position just after the token's span (0 where labels are -100)
+    span_offset: torch.Tensor  # [B, L] the token's 0-based index inside its span (0 where labels are -100)
     num_tokens: int  # real tokens in the batch (a plain int: logging throughput never waits on the device)
 
 

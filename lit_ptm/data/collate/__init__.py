@@ -7,7 +7,7 @@ resumed run rebuilds it. The corruption itself is vectorised over the whole batc
 
 from lit_ptm.data.collate.common import pad_windows, sample_noise, sample_seed
 from lit_ptm.data.collate.causal import CausalLMCollator
-from lit_ptm.data.collate.masking import MLMCollator, mask_tokens
+from lit_ptm.data.collate.masking import MLMCollator, SpanMLMCollator, mask_tokens
 from lit_ptm.data.collate.pairs import PairMLMCollator, truncated_lengths
 from lit_ptm.data.collate.spans import (
     SpanLengths, Spans, delete_spans, infill_spans, mask_budget, mask_random_keep, random_spans_noise, select_spans,
@@ -15,7 +15,7 @@ from lit_ptm.data.collate.spans import (
 )
 
 __all__ = [
-    "CausalLMCollator", "MLMCollator", "PairMLMCollator", "mask_tokens", "pad_windows", "sample_noise", "sample_seed",
+    "CausalLMCollator", "MLMCollator", "PairMLMCollator", "SpanMLMCollator", "mask_tokens", "pad_windows", "sample_noise", "sample_seed",
     "truncated_lengths", "SpanLengths", "Spans", "select_spans", "random_spans_noise", "mask_budget", "span_starts",
     "span_bounds", "mask_random_keep", "sentinel_spans", "delete_spans", "infill_spans",
 ]
