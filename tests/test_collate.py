@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from conftest import long_windows
 from lit_ptm.data.collate import CausalLMCollator, MLMCollator, SpanLengths, SpanMLMCollator, mask_tokens
 from lit_ptm.data.collate.common import document_positions
 from lit_ptm.tokenizer import train_tokenizer
@@ -190,17 +191,6 @@ def test_ngram_masking_in_the_collator_keeps_words_whole(tok):
 # ---------------------------------------------------------------------------------------------
 # SpanBERT
 # ---------------------------------------------------------------------------------------------
-
-def long_windows(tok, n, length=512, word_rate=0.75, seed=0):
-    """Long windows of random regular tokens, 1 / word_rate tokens a word on average: long enough
-    that the last span of a row, shrunk to meet its budget, barely moves the length histogram."""
-    g = torch.Generator().manual_seed(seed)
-    regular = tok.ids.regular_ids()
-    cls, sep, one = torch.tensor([tok.ids.cls]), torch.tensor([tok.ids.sep]), torch.tensor([True])
-    return [{"ids": torch.cat([cls, regular[torch.randint(len(regular), (length - 2,), generator=g)], sep]),
-             "word_start": torch.cat([one, torch.rand(length - 2, generator=g) < word_rate, one]),
-             "document": torch.zeros(length, dtype=torch.long), "epoch": 0, "index": i} for i in range(n)]
-
 
 def sbo_spans(batch):
     """The spans of a SpanBERT batch read back from its boundaries: a key per predicted token, the same
