@@ -1,5 +1,7 @@
 """Data-pipeline cost: window assembly + MLM collation per batch, against HF's
-DataCollatorForLanguageModeling on the same windows, and as a share of a training step.
+DataCollatorForLanguageModeling on the same windows, and as a share of a training step; and the
+span and encoder-decoder collators (SpanBERT on FULL-SENTENCES windows; T5, BART and MASS on
+DOC-SENTENCES windows), each against MLM on the same windows.
 
     python benchmarks/data_pipeline.py            # built-in corpus, 32 x 128, BERT-small step for scale
 """
@@ -20,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import allocator, bert_config  # noqa: E402
 
 from lit_ptm.data.builtin import write_builtin_corpus  # noqa: E402
-from lit_ptm.data.collate import MLMCollator, PairMLMCollator  # noqa: E402
+from lit_ptm.data.collate import (  # noqa: E402
+    BARTCollator, MASSCollator, MLMCollator, PairMLMCollator, SpanMLMCollator, T5Collator,
+)
 from lit_ptm.data.corpus import iter_documents  # noqa: E402
 from lit_ptm.data.sampling import PairWindows, SentenceWindows, WindowDataset  # noqa: E402
 from lit_ptm.data.store import open_store  # noqa: E402
@@ -75,8 +79,26 @@ def main() -> None:
     t_wwm = per_call(lambda: ours_wwm(samples), args.repeats)
     t_hf = per_call(lambda: hf(hf_features), args.repeats)
 
+    # Span and encoder-decoder collators, each against MLM on the same windows; tok/s counts the
+    # windows' real tokens (DOC-SENTENCES windows end at their document, most short of 128).
+    docs = WindowDataset(SentenceWindows(store, np.arange(store.num_docs), args.seq, tok.ids, cross_documents=False))
+    doc_samples = [docs[(0, int(i))] for i in rng.integers(0, len(docs), args.batch)]
+    start = tok.ids.bos
+    t_mlm_docs = per_call(lambda: ours(doc_samples), args.repeats)
+    span_rows = [  # name, windows, collator, MLM's time on those windows
+        ("SpanBERT (FULL-SENTENCES)", samples, SpanMLMCollator(tok.ids, seed=0), t_ours),
+        ("T5 span corruption (DOC-SENTENCES)", doc_samples, T5Collator(tok.ids, seed=0, decoder_start=start), t_mlm_docs),
+        ("BART infilling (DOC-SENTENCES)", doc_samples, BARTCollator(tok.ids, seed=0, decoder_start=start), t_mlm_docs),
+        ("BART + sentence permutation", doc_samples,
+         BARTCollator(tok.ids, seed=0, permute_sentences=True, decoder_start=start), t_mlm_docs),
+        ("MASS (DOC-SENTENCES)", doc_samples, MASSCollator(tok.ids, seed=0, decoder_start=start), t_mlm_docs),
+    ]
+    span_times = [per_call(lambda c=collate, w=windows: c(w), args.repeats) for _, windows, collate, _ in span_rows]
+
     torch.manual_seed(0)
-    model = MaskedLM(config=bert_config(256, 4, 4, vocab=tok.vocab_size)).train()
+    model = MaskedLM(config=bert_config(256, 4, 4, vocab=tok.vocab_size))
+    model.configure_model()  # objectives build their stacks there, not in the constructor
+    model.train()
     opt = torch.optim.AdamW(model.parameters(), fused=True)
     batch = ours(samples)
 
@@ -96,6 +118,11 @@ def main() -> None:
     print(f"lit_ptm NSP pair + MLM collator:      {t_nsp * 1e3:7.2f} ms")
     print(f"HF DataCollatorForLanguageModeling:   {t_hf * 1e3:7.2f} ms  ({tokens / t_hf / 1e6:5.1f} M tok/s)")
     print(f"ratio HF / lit_ptm collator time:     {t_hf / t_ours:7.2f}x")
+    print(f"{'lit_ptm MLM collator, DOC-SENTENCES:':37s} {t_mlm_docs * 1e3:7.2f} ms")
+    for (name, windows, _, t_mlm), t in zip(span_rows, span_times):
+        tokens_in = sum(len(w["ids"]) for w in windows)
+        print(f"{name + ':':37s} {t * 1e3:7.2f} ms  ({tokens_in / t / 1e6:5.1f} M tok/s of {tokens_in} window tokens, "
+              f"{t / t_mlm:4.1f}x MLM on the same windows)")
     print(f"BERT-small training step:             {t_step * 1e3:7.1f} ms")
     print(f"data share of the step (assembly + collation): {(assemble + t_ours) / t_step * 100:.2f}%")
 

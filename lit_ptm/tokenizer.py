@@ -24,11 +24,12 @@ from lit_ptm.errors import LitPtmError
 from lit_ptm.rundir import atomic_write
 
 PAD, UNK, CLS, SEP, MASK, BOS, EOS = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BOS]", "[EOS]"
-NUM_SENTINELS = 100  # T5's span-corruption sentinels
+NUM_SENTINELS = 100
+SENTINELS: tuple[str, ...] = tuple(f"[X{i}]" for i in range(NUM_SENTINELS))  # T5's span-corruption sentinels, in order
 SPECIAL_TOKENS: tuple[str, ...] = (
     PAD, UNK, CLS, SEP, MASK, BOS, EOS,
     "[SOP]", "[EOP]", "[sMASK]", "[gMASK]",  # GLM blank infilling
-    *(f"[X{i}]" for i in range(NUM_SENTINELS)),  # T5 sentinels
+    *SENTINELS,
 )
 TOKENIZER_KINDS = ("wordpiece", "bpe", "unigram")
 
@@ -42,13 +43,16 @@ class TokenizerError(LitPtmError, ValueError):
 # special_tokens_map.json / tokenizer_config.json beside its tokenizer.json; they are mapped by role.
 ROLES = {"pad": PAD, "unk": UNK, "cls": CLS, "sep": SEP, "mask": MASK, "bos": BOS, "eos": EOS}
 ROLE_FILES = ("special_tokens_map.json", "tokenizer_config.json")
+HF_SENTINEL = "<extra_id_{}>"  # HF T5's names for its sentinels (numbered from 0)
 
 
 @dataclass(frozen=True)
 class SpecialIds:
     """The ids collators need; plain ints so that the object pickles into DataLoader workers.
     A role the tokenizer does not have is None (``Tokenizer.require`` names it); ``pad`` always has
-    an id: without a padding token, padding uses the end-of-text token (it is masked everywhere)."""
+    an id: without a padding token, padding uses the end-of-text token (it is masked everywhere).
+    ``sentinels``: T5's span-corruption sentinels in order (span k of a row becomes ``sentinels[k - 1]``);
+    () when the tokenizer has none."""
 
     vocab_size: int
     pad: int
@@ -59,6 +63,7 @@ class SpecialIds:
     bos: int | None
     eos: int | None
     special: tuple[int, ...] = field(repr=False)
+    sentinels: tuple[int, ...] = field(default=(), repr=False)
 
     def special_table(self) -> torch.Tensor:
         """Lookup table [vocab_size], True at special ids: ``table[ids]`` beats ``torch.isin`` by far."""
@@ -150,13 +155,14 @@ class Tokenizer:
         self.ids = SpecialIds(
             vocab_size=hf.get_vocab_size(with_added_tokens=True), pad=pad,
             **{role: ids.get(role) for role in ROLES if role != "pad"}, special=tuple(sorted(special)),
+            sentinels=_sentinel_ids(hf, roles is None),
         )
         identity = hf.to_str() + ("" if roles is None else json.dumps(roles, sort_keys=True))
         self.sha = hashlib.sha256(identity.encode()).hexdigest()[:16]
 
     def require(self, *roles: str, purpose: str) -> None:
         """Stop with a clear error when the tokenizer has no token for a role that ``purpose`` needs."""
-        missing = [r for r in roles if getattr(self.ids, r) is None]
+        missing = [r for r in roles if getattr(self.ids, r) is None or getattr(self.ids, r) == ()]  # (): no sentinels
         if missing:
             raise TokenizerError(
                 f"tokenizer {self.source} has no {' / '.join(missing)} token, which {purpose} needs "
@@ -214,6 +220,17 @@ class Tokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.hf.decode(ids, skip_special_tokens=False)
+
+
+def _sentinel_ids(hf: HFTokenizer, own: bool) -> tuple[int, ...]:
+    """The sentinels' ids in order: lit_ptm's "[X0]".."[X99]" (``own``: the contract holds them), else
+    HF T5's "<extra_id_0>", "<extra_id_1>", ... up to the first number the vocabulary lacks."""
+    if own:
+        return tuple(hf.token_to_id(t) for t in SENTINELS)
+    found = []
+    while (i := hf.token_to_id(HF_SENTINEL.format(len(found)))) is not None:
+        found.append(i)
+    return tuple(found)
 
 
 def train_tokenizer(

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -32,6 +33,18 @@ def write_corpus(path: Path, n_docs: int = 40, seed: int = 0, sentences=(3, 8)) 
         docs.append("\n".join(sents))
     path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
     return path
+
+
+def long_windows(tok, n, length=512, word_rate=0.75, seed=0):
+    """Windows shaped like SentenceWindows' ([CLS] text [SEP], one document), of random regular tokens,
+    1 / word_rate tokens a word on average: long enough that the last span of a row, shrunk to meet
+    its budget, barely moves a span-length histogram."""
+    g = torch.Generator().manual_seed(seed)
+    regular = tok.ids.regular_ids()
+    cls, sep, one = torch.tensor([tok.ids.cls]), torch.tensor([tok.ids.sep]), torch.tensor([True])
+    return [{"ids": torch.cat([cls, regular[torch.randint(len(regular), (length - 2,), generator=g)], sep]),
+             "word_start": torch.cat([one, torch.rand(length - 2, generator=g) < word_rate, one]),
+             "document": torch.zeros(length, dtype=torch.long), "epoch": 0, "index": i} for i in range(n)]
 
 
 def write_jsonl(path: Path, texts: list[str]) -> Path:

@@ -1,7 +1,9 @@
 import pytest
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
-from lit_ptm.data.collate import CausalLMCollator, MLMCollator, mask_tokens
+from conftest import long_windows
+from lit_ptm.data.collate import CausalLMCollator, MLMCollator, SpanLengths, SpanMLMCollator, mask_tokens
 from lit_ptm.data.collate.common import document_positions
 from lit_ptm.tokenizer import train_tokenizer
 
@@ -184,3 +186,101 @@ def test_ngram_masking_in_the_collator_keeps_words_whole(tok):
     special = torch.isin(torch.nn.utils.rnn.pad_sequence([s["ids"] for s in samples], batch_first=True), torch.tensor(tok.ids.special))
     rate = selected.sum() / (~special).sum()
     assert 0.12 < rate.item() <= 0.15
+
+
+# ---------------------------------------------------------------------------------------------
+# SpanBERT
+# ---------------------------------------------------------------------------------------------
+
+def sbo_spans(batch):
+    """The spans of a SpanBERT batch read back from its boundaries: a key per predicted token, the same
+    for the tokens of one span ([B, L] long, -1 where nothing is predicted)."""
+    B, L = batch["labels"].shape
+    key = torch.arange(B)[:, None] * L * L + batch["span_left"] * L + batch["span_right"]
+    return key.masked_fill(batch["labels"] == -100, -1)
+
+
+def test_span_masking_budget_and_geometric_lengths_in_words(tok):
+    samples = long_windows(tok, 500)
+    batch = SpanMLMCollator(tok.ids, seed=3)(samples)
+    selected = batch["labels"] != -100
+    # 15% of the 510 text tokens a row (76 or 77), met by all but a few rows (whole words may fall short).
+    rate = selected.sum(1).double() / 510
+    assert abs(rate.mean().item() - 0.15) < 0.01, rate.mean()
+    key = sbo_spans(batch)
+    word_start = torch.stack([s["word_start"] for s in samples])
+    spans, index = torch.unique(key[selected], return_inverse=True)
+    words = torch.zeros(len(spans), dtype=torch.long).scatter_add_(0, index, word_start[selected].long())
+    freq = torch.bincount(words, minlength=11)[1:].double() / len(words)
+    table = SpanLengths("geometric", max_n=10, p=0.2).probabilities().double()
+    # Each row's last span is shrunk to its budget (~1 span in 16 here), which adds a few % of short spans.
+    assert (freq - table).abs().max() < 0.05, (freq, table)
+    assert 3.3 < (words.double().mean()).item() < 3.8  # the table's mean: 3.797 words
+    assert words.min() >= 1 and words.max() <= 10
+
+
+def test_spans_keep_words_whole_and_take_one_decision_each(tok):
+    samples = windows(tok, 2000)
+    batch = SpanMLMCollator(tok.ids, seed=5)(samples)
+    ids = pad_sequence([s["ids"] for s in samples], batch_first=True, padding_value=tok.ids.pad)
+    word_start = pad_sequence([s["word_start"] for s in samples], batch_first=True, padding_value=True)
+    labels, corrupted = batch["labels"], batch["input_ids"]
+    selected = labels != -100
+    assert torch.equal(labels[selected], ids[selected]) and torch.equal(corrupted[~selected], ids[~selected])
+    rows = torch.arange(len(ids))[:, None].expand_as(ids)[selected]
+    left, right = batch["span_left"][selected], batch["span_right"][selected]
+    # Whole words: a span starts at a word start (its left boundary is [CLS] or a word's end) and the
+    # token after it starts a word.
+    assert word_start[rows, left + 1].all() and word_start[rows, right].all()
+    # One decision per span: all its tokens masked, all random, or all kept.
+    kind = torch.where(corrupted == tok.ids.mask, 0, torch.where(corrupted != ids, 1, 2))[selected]
+    spans, index = torch.unique(sbo_spans(batch)[selected], return_inverse=True)
+    lowest = torch.full((len(spans),), 3).scatter_reduce_(0, index, kind, "amin")
+    highest = torch.full((len(spans),), -1).scatter_reduce_(0, index, kind, "amax")
+    # (A random token may draw the original one, p = 1/|regular|: a random span may show a kept token.)
+    mixed = lowest != highest
+    assert not (mixed & (lowest == 0)).any(), "a span was split between [MASK] and not"
+    assert mixed.sum() <= 0.02 * (highest == 1).sum(), "a span was split between random and kept"
+    share = torch.bincount(lowest, minlength=3).double() / len(spans)  # a random span: some token differs
+    assert abs(share[0] - 0.8) < 0.03 and abs(share[1] - 0.1) < 0.025 and abs(share[2] - 0.1) < 0.025, share
+
+
+def test_span_boundaries_lie_just_outside_their_span_and_offsets_count_from_0(tok):
+    samples = windows(tok, 400) + long_windows(tok, 50)
+    batch = SpanMLMCollator(tok.ids, seed=7)(samples)
+    labels, key = batch["labels"], sbo_spans(batch)
+    left, right, offset = batch["span_left"], batch["span_right"], batch["span_offset"]
+    selected = labels != -100
+    for name in ("span_left", "span_right", "span_offset"):
+        assert batch[name].dtype == torch.long and (batch[name][~selected] == 0).all(), name
+    lengths = torch.tensor([len(s["ids"]) for s in samples])
+    positions = torch.arange(labels.size(1)).expand_as(labels)
+    assert (left[selected] >= 0).all() and (right[selected] < lengths[:, None].expand_as(labels)[selected]).all()
+    assert (left < positions)[selected].all() and (positions < right)[selected].all()
+    assert torch.equal(offset[selected], (positions - left - 1)[selected])
+    # Every token between the boundaries is of the span, and the boundaries are not.
+    rows = torch.arange(len(labels))[:, None].expand_as(labels)
+    for b, i in selected.nonzero().tolist()[::7]:
+        l, r = int(left[b, i]), int(right[b, i])
+        assert (key[b, l + 1:r] == key[b, i]).all() and key[b, l] != key[b, i] and key[b, r] != key[b, i]
+    # A span's tokens share their boundaries and number 0, 1, ... from its start.
+    starts = selected & (offset == 0)
+    assert torch.equal(starts.sum(), torch.unique(key[selected]).numel() * torch.ones((), dtype=torch.long))
+    assert (selected[rows[starts], left[starts] + 1]).all()
+
+
+def test_span_masking_is_a_pure_function_of_seed_epoch_index_and_isolates_documents(tok):
+    samples = windows(tok, 8)
+    collate = SpanMLMCollator(tok.ids, seed=1)
+    full, alone = collate(samples), collate([samples[5]])
+    n = len(samples[5]["ids"])
+    for key in ("input_ids", "labels", "span_left", "span_right", "span_offset"):
+        assert torch.equal(alone[key][0], full[key][5, :n]), key
+    assert not torch.equal(collate([{**samples[5], "epoch": 1}])["labels"][0], alone["labels"][0])
+    assert torch.equal(full["attention_mask"], MLMCollator(tok.ids, seed=1)(samples)["attention_mask"])
+    assert full["num_tokens"] == sum(len(s["ids"]) for s in samples)
+    # Packed documents (FULL-SENTENCES): the same document ids and positions as MLM's.
+    packed = [{**s, "document": (torch.arange(len(s["ids"])) >= len(s["ids"]) // 2).long()} for s in samples]
+    ours, mlm = SpanMLMCollator(tok.ids, seed=1)(packed), MLMCollator(tok.ids, seed=1)(packed)
+    assert torch.equal(ours["document_ids"], mlm["document_ids"]) and torch.equal(ours["position_ids"], mlm["position_ids"])
+    assert "document_ids" not in SpanMLMCollator(tok.ids, seed=1, isolate_documents=False)(packed)

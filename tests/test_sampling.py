@@ -114,3 +114,23 @@ def test_window_dataset_passes_epoch_and_index(store_and_tok):
     ds = WindowDataset(ContiguousWindows(store, np.arange(3), 8, tok.ids))
     s = ds[(4, 2)]
     assert s["epoch"] == 4 and s["index"] == 2 and len(s["ids"]) == 9
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_sentence_windows_number_their_sentences(store_and_tok, cross):
+    """``sentence``: 0 for [CLS], then one number per sentence piece and per [SEP], along the window."""
+    store, tok = store_and_tok
+    w = SentenceWindows(store, np.arange(store.num_docs), 24, tok.ids, cross_documents=cross)
+    for k in range(len(w)):
+        s = w[k]
+        ids, sentence = s["ids"], s["sentence"]
+        assert set(s) == {"ids", "word_start", "document", "sentence"} and sentence.dtype == torch.long
+        new = torch.ones_like(ids, dtype=torch.bool)
+        new[1:] = sentence[1:] != sentence[:-1]
+        assert torch.equal(sentence, new.long().cumsum(0) - 1)  # 0, 1, 2, ... in runs
+        special = (ids == tok.ids.cls) | (ids == tok.ids.sep)
+        assert new[special].all() and new[1:][special[:-1]].all()  # a special token is a sentence of its own
+        # The text sentences are the window's pieces (whole sentences, or pieces of one too long for a window).
+        text = [ids[(sentence == u) & ~special].tolist() for u in sentence.unique().tolist()]
+        a, b = w.windows[k]
+        assert [t for t in text if t] == [store.tokens[w.piece_start[j]:w.piece_stop[j]].tolist() for j in range(a, b)]

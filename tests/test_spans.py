@@ -7,12 +7,13 @@ must reproduce its selections and corrupted tokens exactly for the same noise.
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from lit_ptm.data.collate import (
-    SpanLengths, Spans, delete_spans, infill_spans, mask_budget, mask_random_keep, mask_tokens, select_spans, sentinel_spans,
-    span_starts,
+    SpanLengths, Spans, delete_spans, infill_spans, mask_budget, mask_random_keep, mask_tokens, random_spans_noise, select_spans,
+    sentinel_spans, span_bounds, span_starts,
 )
 
 
@@ -460,3 +461,64 @@ def test_corruptions_round_trip_on_random_batches(length):
             # Infilling matches the token-at-a-time reference.
             assert infilled[b, : infilled_lengths[b]].tolist() == reference_infill(ids[b], spans.span_id[b], spans.inserted[b], n)
             assert (infilled[b, infilled_lengths[b]:] == PAD).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Span bounds, T5's noise layout
+# ---------------------------------------------------------------------------------------------
+
+def test_span_bounds_by_hand():
+    first, last = span_bounds(SPAN_ID)
+    selected = SPAN_ID > 0
+    assert (first * selected).tolist() == [[0, 1, 1, 3, 0, 5, 0, 0], [0] * 8]
+    assert (last * selected).tolist() == [[0, 2, 2, 3, 0, 5, 0, 0], [7] * 8]
+
+
+def t5_random_spans_noise_mask(length: int, noise_density: float, mean_noise_span_length: float,
+                               noise_scores: np.ndarray, nonnoise_scores: np.ndarray) -> np.ndarray:
+    """t5.data.preprocessors.random_spans_noise_mask (random_roll=False) in numpy, one row at a time,
+    line for line; its seeded shuffles are the permutations that rank the given scores, the draw
+    random_spans_noise makes."""
+    orig_length = length
+    length = max(length, 2)
+    num_noise_tokens = int(np.round(np.float32(length) * np.float32(noise_density)))
+    num_noise_tokens = min(max(num_noise_tokens, 1), length - 1)
+    num_noise_spans = int(np.round(np.float32(num_noise_tokens) / np.float32(mean_noise_span_length)))
+    num_noise_spans = max(num_noise_spans, 1)
+    num_nonnoise_tokens = length - num_noise_tokens
+
+    def _random_segmentation(num_items, num_segments, scores):
+        marks = (np.arange(num_items - 1) < num_segments - 1).astype(np.int64)
+        shuffled = marks[np.argsort(np.argsort(scores[1:num_items], kind="stable"), kind="stable")]
+        first_in_segment = np.pad(shuffled, [[1, 0]])
+        segment_id = np.cumsum(first_in_segment)
+        return np.bincount(segment_id)
+
+    noise_span_lengths = _random_segmentation(num_noise_tokens, num_noise_spans, noise_scores)
+    nonnoise_span_lengths = _random_segmentation(num_nonnoise_tokens, num_noise_spans, nonnoise_scores)
+    interleaved_span_lengths = np.stack([nonnoise_span_lengths, noise_span_lengths], axis=1).reshape(num_noise_spans * 2)
+    span_starts = np.cumsum(interleaved_span_lengths)[:-1]
+    span_start_indicator = np.zeros(length, dtype=np.int64)
+    np.add.at(span_start_indicator, span_starts, 1)
+    span_num = np.cumsum(span_start_indicator)
+    is_noise = span_num % 2 == 1
+    return is_noise[:orig_length]
+
+
+@pytest.mark.parametrize("density, mean", [(0.15, 3.0), (0.5, 3.0), (0.15, 1.0), (0.3, 8.0)])
+def test_random_spans_noise_is_t5s_layout(density, mean):
+    B, W = 300, 160
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, W + 1, (B,), generator=g)
+    lengths[:12] = torch.arange(1, 13)  # the smallest rows, one token included
+    noise_scores, nonnoise_scores = torch.rand(B, W, generator=g), torch.rand(B, W, generator=g)
+    spans = random_spans_noise(lengths, density, mean, noise_scores, nonnoise_scores)
+    assert not spans.inserted.any()
+    check_spans(spans, torch.arange(W) < lengths[:, None])
+    for b in range(B):
+        n = int(lengths[b])
+        expected = t5_random_spans_noise_mask(n, density, mean, noise_scores[b].numpy(), nonnoise_scores[b].numpy())
+        assert (spans.span_id[b, :n] > 0).tolist() == expected.tolist(), b
+        runs = int(span_starts(spans.span_id[b:b + 1]).sum())
+        assert int(spans.span_id[b].max()) == runs  # one id per noise run
+    assert not (spans.span_id[lengths == 1] > 0).any()  # T5 lays one token out as two and cuts the noise off

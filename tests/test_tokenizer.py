@@ -2,7 +2,7 @@ import pytest
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers
 
-from lit_ptm.tokenizer import SPECIAL_TOKENS, TOKENIZER_KINDS, Tokenizer, TokenizerError, train_tokenizer
+from lit_ptm.tokenizer import NUM_SENTINELS, SPECIAL_TOKENS, TOKENIZER_KINDS, Tokenizer, TokenizerError, train_tokenizer
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -60,3 +60,22 @@ def test_bad_tokenizer_files_name_the_file(tmp_path):
         Tokenizer.load(tmp_path / "bad.json")
     with pytest.raises(TokenizerError, match="tokenizer_kind"):
         train_tokenizer(SENTENCES, "sentencepiece", 400)
+
+
+def test_sentinels_are_the_contracts_in_order_or_hf_t5s_or_none(tmp_path):
+    tok = train_tokenizer(SENTENCES, "unigram", vocab_size=400)
+    assert tok.ids.sentinels == tuple(tok.hf.token_to_id(f"[X{i}]") for i in range(NUM_SENTINELS))
+    tok.require("sentinels", purpose="T5 span corruption")  # present: no error
+    # A tokenizer with HF roles: HF T5's <extra_id_N>, ordered by N (not by id: T5 numbers them downwards).
+    vocab = {"hello": 0, "world": 1, "<pad>": 2, "</s>": 3, "<unk>": 4, "<extra_id_2>": 5, "<extra_id_1>": 6, "<extra_id_0>": 7}
+    hf = HFTokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    roles = {"pad": "<pad>", "eos": "</s>", "unk": "<unk>"}
+    assert Tokenizer(hf, roles=roles).ids.sentinels == (7, 6, 5)
+    # Without them, () and require names them as missing.
+    del vocab["<extra_id_0>"], vocab["<extra_id_1>"], vocab["<extra_id_2>"]
+    hf = HFTokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    plain = Tokenizer(hf, source="plain.json", roles=roles)
+    assert plain.ids.sentinels == ()
+    with pytest.raises(TokenizerError, match="no sentinels token, which T5 span corruption needs"):
+        plain.require("sentinels", purpose="T5 span corruption")

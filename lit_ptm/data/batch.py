@@ -9,15 +9,21 @@ import torch
 
 
 class Batch(TypedDict, total=False):
-    input_ids: torch.Tensor  # [B, L] the (corrupted) input
-    labels: torch.Tensor  # [B, L] the target token per position, -100 where nothing is predicted
+    input_ids: torch.Tensor  # [B, L] the (corrupted) input; an encoder-decoder's encoder input [B, Ls]
+    labels: torch.Tensor  # [B, L] the target token per position, -100 where nothing is predicted (encoder-decoder: [B, Lt])
     attention_mask: torch.Tensor  # [B, L] bool, True for real tokens; absent when no row is padded
     document_ids: torch.Tensor  # [B, L] packed-document id per token (padding: -1); absent: one document a row
     position_ids: torch.Tensor  # [B, L] positions restarting at each packed document; absent: 0..L-1
     token_type_ids: torch.Tensor  # [B, L] segment (A = 0, B = 1) of sentence pairs
     prefix_length: torch.Tensor  # [B] a prefix LM's bidirectional prefix (UniLM seq2seq, GLM Part A)
     pair_labels: torch.Tensor  # [B] NSP (1 = random B) / SOP (1 = swapped) targets
-    num_tokens: int  # real tokens in the batch (a plain int: logging throughput never waits on the device)
+    span_left: torch.Tensor  # [B, L] SpanBERT's SBO: position just before the token's span (0 where labels are -100)
+    span_right: torch.Tensor  # [B, L] position just after the token's span (0 where labels are -100)
+    span_offset: torch.Tensor  # [B, L] the token's 0-based index inside its span (0 where labels are -100)
+    decoder_input_ids: torch.Tensor  # [B, Lt] an encoder-decoder's decoder input: decoder_start, then the target shifted right
+    decoder_attention_mask: torch.Tensor  # [B, Lt] bool, True for real decoder tokens; absent when no row is padded
+    decoder_position_ids: torch.Tensor  # [B, Lt] the decoder tokens' positions (MASS: the fragment's own); absent: 0..Lt-1
+    num_tokens: int  # real tokens in the batch, encoder + decoder (a plain int: logging throughput never waits on the device)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 Every window builder works on one split: a set of documents of a TokenStore. A window is returned as
 a dict of 1-D tensors: ``ids`` (token ids), ``word_start`` (1 where a word starts; special tokens
-count as words) and ``document`` (index of the document each token belongs to, within the window).
+count as words) and ``document`` (index of the document each token belongs to, within the window);
+SentenceWindows adds ``sentence`` (index of the sentence piece each token belongs to, within the
+window; the [CLS] and each [SEP] count as sentences of their own), for BART's sentence permutation.
 Sentence pairs (NSP / SOP) are drawn anew for every epoch; the other packings are the same in every epoch.
 """
 
@@ -122,10 +124,13 @@ class SentenceWindows(Windows):
             s, e = self.piece_start[j], self.piece_stop[j]
             ids.append(self.store.tokens[s:e]); word_start.append(self.store.word_start[s:e]); document.append(np.full(e - s, seg))
         ids.append([self.ids.sep]); word_start.append([1]); document.append([seg])
+        # Each part appended above (the [CLS], a sentence piece, a [SEP]) is one sentence of its own.
+        sizes = [len(part) for part in ids]
         return {
             "ids": torch.from_numpy(np.concatenate(ids).astype(np.int64)),
             "word_start": torch.from_numpy(np.concatenate(word_start).astype(bool)),
             "document": torch.from_numpy(np.concatenate(document).astype(np.int64)),
+            "sentence": torch.from_numpy(np.repeat(np.arange(len(sizes)), sizes)),
         }
 
 

@@ -39,3 +39,24 @@ def document_positions(documents: torch.Tensor) -> torch.Tensor:
     starts = torch.ones_like(documents, dtype=torch.bool)
     starts[:, 1:] = documents[:, 1:] != documents[:, :-1]
     return arange - torch.where(starts, arange, 0).cummax(dim=1).values
+
+
+def padding_keys(lengths: torch.Tensor, width: int, key: str = "attention_mask") -> dict[str, torch.Tensor]:
+    """``{key: [B, width] bool}``, True on each row's first ``lengths`` tokens, or {} when no row is
+    padded (attention then needs no mask: the fast path)."""
+    real = torch.arange(width) < lengths[:, None]
+    return {} if real.all() else {key: real}
+
+
+def window_keys(samples: list[dict], width: int, isolate_documents: bool) -> dict[str, torch.Tensor]:
+    """The attention keys of windows laid out as they come (padded to ``width``): ``attention_mask``
+    when a row is padded; with ``isolate_documents``, ``document_ids`` and ``position_ids`` (restarting
+    per document) when a row packs several documents."""
+    lengths = torch.tensor([len(s["ids"]) for s in samples])
+    keys = padding_keys(lengths, width)
+    if isolate_documents:
+        documents = pad_windows(samples, "document", -1, width)
+        if (documents.masked_fill(documents < 0, 0) != 0).any():
+            keys["document_ids"] = documents
+            keys["position_ids"] = document_positions(documents)
+    return keys

@@ -1,11 +1,12 @@
-"""BERT-style masked LM collators: token, whole-word or n-gram selection, then 80/10/10 (stages in ``spans``)."""
+"""BERT-style masked LM collators: token, whole-word, n-gram or SpanBERT's span selection, then 80/10/10
+(stages in ``spans``)."""
 
 from __future__ import annotations
 
 import torch
 
-from lit_ptm.data.collate.common import pad_windows, sample_noise, document_positions
-from lit_ptm.data.collate.spans import SpanLengths, mask_budget, mask_random_keep, select_spans
+from lit_ptm.data.collate.common import pad_windows, sample_noise, window_keys
+from lit_ptm.data.collate.spans import SpanLengths, mask_budget, mask_random_keep, select_spans, span_bounds
 from lit_ptm.tokenizer import SpecialIds
 
 
@@ -60,15 +61,46 @@ class MLMCollator:
         input_ids, labels = mask_tokens(
             ids, protected, noise, self.regular_ids, self.ids.mask, self.probability, word_start, self.max_ngram
         )
-        lengths = torch.tensor([len(s["ids"]) for s in samples])
         # num_tokens: a plain int, so that logging throughput never waits on the device.
-        batch = {"input_ids": input_ids, "labels": labels, "num_tokens": int(lengths.sum())}
-        real = torch.arange(ids.size(1)) < lengths[:, None]
-        if not real.all():
-            batch["attention_mask"] = real
-        if self.isolate_documents:
-            documents = pad_windows(samples, "document", -1)
-            if (documents.masked_fill(~real, 0) != 0).any():
-                batch["document_ids"] = documents
-                batch["position_ids"] = document_positions(documents)
-        return batch
+        num_tokens = sum(len(s["ids"]) for s in samples)
+        return {"input_ids": input_ids, "labels": labels, "num_tokens": num_tokens,
+                **window_keys(samples, ids.size(1), self.isolate_documents)}
+
+
+class SpanMLMCollator:
+    """SpanBERT's span masking with the inputs of its span boundary objective (SBO).
+
+    Spans of whole words, their lengths in words ~ Geometric(``geometric_p``) clipped to
+    1..``max_span_words``, until round(``probability`` * n) of a window's n non-special tokens are
+    selected; one 80/10/10 decision per span. Besides MLM's keys, each predicted token gets its span's
+    boundary: ``span_left`` / ``span_right`` [B, L], the positions just before and just after its span
+    (SpanBERT's x_(s-1), x_(e+1)), and ``span_offset`` [B, L], its 0-based index inside the span (the
+    SBO's relative position); all three are 0 where labels are -100. Spans never hold a special token,
+    so both boundaries lie inside the row ([CLS] ... [SEP]). A new mask each time a sample is drawn,
+    from (seed, epoch, index).
+    """
+
+    def __init__(self, ids: SpecialIds, seed: int, probability: float = 0.15, geometric_p: float = 0.2,
+                 max_span_words: int = 10, isolate_documents: bool = True):
+        self.ids, self.seed, self.probability, self.isolate_documents = ids, seed, probability, isolate_documents
+        self.lengths = SpanLengths("geometric", max_n=max_span_words, min_n=1, p=geometric_p)
+        self.regular_ids = ids.regular_ids()
+        self.is_special = ids.special_table()
+
+    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        ids = pad_windows(samples, "ids", self.ids.pad)  # [B, L]
+        candidate = ~self.is_special[ids]  # not special, not padding
+        # Rows: span order scores, 80/10/10 draws (a span reads its first token's), random tokens, span lengths.
+        noise = sample_noise(samples, self.seed, 4, ids.size(1))
+        spans = select_spans(candidate, mask_budget(candidate, self.probability), noise[:, 0], noise[:, 3], self.lengths,
+                             pad_windows(samples, "word_start", True))
+        input_ids, labels = mask_random_keep(ids, spans.span_id, noise[:, 1], noise[:, 2], self.regular_ids, self.ids.mask,
+                                             decide="span")
+        first, last = span_bounds(spans.span_id)  # [B, L] each
+        selected = spans.span_id > 0
+        offset = torch.arange(ids.size(1)) - first
+        return {
+            "input_ids": input_ids, "labels": labels,
+            "span_left": (first - 1) * selected, "span_right": (last + 1) * selected, "span_offset": offset * selected,
+            "num_tokens": sum(len(s["ids"]) for s in samples), **window_keys(samples, ids.size(1), self.isolate_documents),
+        }

@@ -6,6 +6,8 @@ Two spans that touch keep distinct ids (they never merge), so a per-span decisio
 an infilled [MASK] never straddles two of them. How long spans are is a ``SpanLengths`` value:
 single tokens, whole words, or lengths in words drawn from a table (ALBERT's n-grams, SpanBERT's
 geometric, BART's / GLM's Poisson); a new distribution is one more table, not another loop.
+T5's noise layout (``random_spans_noise``: spans and the gaps between them cut at random, noise
+density exact) is a selection of its own.
 
 Stage 2 corrupts the selected spans:
 - ``mask_random_keep``: BERT's 80/10/10 decided per token (BERT, RoBERTa, ALBERT) or per span
@@ -103,6 +105,21 @@ def span_starts(span_id: torch.Tensor) -> torch.Tensor:
     return (span_id > 0) & (span_id != before)
 
 
+def span_bounds(span_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The position of the first and of the last token of each token's span. [B, L] long -> two [B, L]
+    long; meaningless on unselected tokens. First: the latest span start at or before the token
+    (cummax); last: the earliest span end at or after it (cummax over the reversed row)."""
+    L = span_id.size(1)
+    arange = torch.arange(L).expand_as(span_id)
+    first = torch.where(span_starts(span_id), arange, 0).cummax(dim=1).values
+    after = torch.nn.functional.pad(span_id[:, 1:], (0, 1))
+    ends = (span_id > 0) & (span_id != after)  # [B, L]: True at the last token of each span
+    # In the reversed row, position L-1-i; the nearest end at or after i is the largest reversed
+    # position of an end at or before L-1-i.
+    reversed_end = torch.where(ends, L - 1 - arange, 0).flip(1).cummax(dim=1).values.flip(1)
+    return first, L - 1 - reversed_end
+
+
 def select_spans(
     candidate: torch.Tensor, budget: torch.Tensor, scores: torch.Tensor, length_noise: torch.Tensor | None = None,
     length: SpanLengths = SpanLengths(), word_start: torch.Tensor | None = None,
@@ -151,6 +168,55 @@ def select_spans(
     if length_noise is None:
         raise ValueError(f"SpanLengths(kind={length.kind!r}) draws span lengths: pass length_noise [B, L]")
     return _draw_spans(candidate, starts, budget, scores, length_noise, length)
+
+
+def random_spans_noise(lengths: torch.Tensor, noise_density: float, mean_span_length: float,
+                       noise_scores: torch.Tensor, nonnoise_scores: torch.Tensor) -> Spans:
+    """T5's noise layout (``t5.data.preprocessors.random_spans_noise_mask``, no random roll), vectorised
+    over rows of different lengths.
+
+    A row of n tokens holds num_noise = round(n * noise_density) noise tokens, clamped to [1, n - 1],
+    in num_spans = max(1, round(num_noise / mean_span_length)) spans. The noise tokens are cut into
+    num_spans non-empty spans at random, the other tokens likewise into num_spans segments, and the two
+    interleave starting with a non-noise segment, so a row always ends in noise. As in T5, a row of
+    one token is laid out as two and cut back (it has no noise). Unlike T5, which fails when there are
+    fewer non-noise tokens than spans (densities near 1), num_spans is clamped to n - num_noise.
+
+    lengths [B]: tokens per row; noise_scores, nonnoise_scores [B, W] uniform in [0, 1), W >= max(n, 2):
+    the random cut points of the two segmentations. Returns ``Spans`` over [B, W] (no empty spans).
+    """
+    n = lengths.clamp(min=2)
+    # float32 and round-half-to-even, as T5's tf.round on float32.
+    num_noise = torch.minimum((n.float() * noise_density).round().long().clamp(min=1), n - 1)  # [B]
+    num_spans = torch.minimum((num_noise.float() / mean_span_length).round().long().clamp(min=1), n - num_noise)
+    spans = int(num_spans.max()) if len(n) else 0
+    noise = _random_segmentation(num_noise, num_spans, noise_scores)[:, :spans]  # [B, S] span lengths, 0 past num_spans
+    nonnoise = _random_segmentation(n - num_noise, num_spans, nonnoise_scores)[:, :spans]
+    interleaved = torch.stack([nonnoise, noise], -1).flatten(1)  # [B, 2S]: non-noise first
+    # Where segments 2..2S begin (a row's missing segments are empty and begin at its end, n); the
+    # segment number of each token is the count of beginnings at or before it: odd = noise.
+    B, W = noise_scores.shape
+    marker = torch.zeros(B, W + 1, dtype=torch.long)
+    begins = interleaved.cumsum(1)[:, :-1]  # [B, 2S - 1]
+    marker.scatter_add_(1, begins, torch.ones_like(begins))
+    segment = marker.cumsum(1)[:, :W]  # [B, W]
+    is_noise = (segment % 2 == 1) & (torch.arange(W) < lengths[:, None])
+    span_id = torch.where(is_noise, (segment + 1) // 2, 0)
+    return Spans(span_id, torch.zeros_like(span_id))
+
+
+def _random_segmentation(num_items: torch.Tensor, num_segments: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Cut each row's ``num_items`` items into ``num_segments`` non-empty segments at random (T5's
+    ``_random_segmentation``: its shuffle of num_segments - 1 cut marks over the num_items - 1 gaps is
+    the gaps of lowest score here). num_items, num_segments [B] (1 <= num_segments <= num_items);
+    scores [B, W] uniform, W >= num_items. Returns segment lengths [B, W] long, 0 past num_segments."""
+    B, W = scores.shape
+    arange = torch.arange(W)
+    gap = (arange >= 1) & (arange < num_items[:, None])  # [B, W]: a cut may fall before item i
+    rank = scores.masked_fill(~gap, 2.0).argsort(1).argsort(1)  # gaps first, in random order
+    first_in_segment = (gap & (rank < num_segments[:, None] - 1)) | (arange == 0)
+    segment = first_in_segment.long().cumsum(1) - 1  # [B, W]
+    return torch.zeros(B, W, dtype=torch.long).scatter_add_(1, segment, (arange < num_items[:, None]).long().expand(B, W))
 
 
 def _number(selected: torch.Tensor, start: torch.Tensor, inserted: torch.Tensor | None = None) -> Spans:
@@ -249,8 +315,7 @@ def mask_random_keep(
     selected = span_id > 0
     decision = decision_noise
     if decide == "span":
-        arange = torch.arange(span_id.size(1)).expand_as(span_id)
-        first = torch.where(span_starts(span_id), arange, 0).cummax(dim=1).values  # each token's span start
+        first, _ = span_bounds(span_id)  # each token's span start
         decision = decision_noise.gather(1, first)
     to_mask = selected & (decision < mask_ratio)
     to_random = selected & (decision >= mask_ratio) & (decision < mask_ratio + random_ratio)
