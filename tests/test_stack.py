@@ -217,6 +217,21 @@ def test_a_feed_forward_with_an_auxiliary_loss_plugs_in_and_its_loss_is_summed(m
     assert model()(torch.randint(5, 99, (2, 6))).aux_losses == {}
 
 
+@pytest.mark.parametrize("act", ["gelu_tanh", "silu"])
+def test_the_gated_feed_forward_is_act_of_the_gate_times_up_then_down(act):
+    import torch.nn.functional as F
+
+    m = model(feed_forward="gated", activation=act, bias=False)
+    ffn = m.blocks[0].ffn
+    assert [n for n, _ in ffn.named_parameters()] == ["gate.weight", "up.weight", "down.weight"]
+    assert ffn.gate.weight.shape == ffn.up.weight.shape == (64, 32) and ffn.down.weight.shape == (32, 64)
+    x = torch.randn(2, 5, 32)
+    fn = (lambda h: F.gelu(h, approximate="tanh")) if act == "gelu_tanh" else F.silu
+    expected = (fn(x @ ffn.gate.weight.T) * (x @ ffn.up.weight.T)) @ ffn.down.weight.T
+    torch.testing.assert_close(ffn(x), expected, rtol=0, atol=1e-6)
+    assert m(torch.randint(5, 99, (2, 6))).hidden.shape == (2, 6, 32)
+
+
 def test_stacks_of_different_widths_share_one_embedding_table():
     """ELECTRA: the generator (narrower) and the discriminator share token, position and segment
     embeddings; each projects them to its own width."""

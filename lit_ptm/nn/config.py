@@ -56,7 +56,9 @@ class ModelConfig:
     lm_head_scale: bool = False  # T5: hidden * hidden_size^-0.5 before the (tied, unscaled) output projection
     num_decoder_layers: int | None = None  # an encoder-decoder's decoder depth; None: num_layers
     scale_residual_init: bool = False  # GPT-2: residual output projections get std / sqrt(2 * num_layers)
-    feed_forward: Literal["dense"] = "dense"  # the blocks' feed-forward class (nn.layers.FEED_FORWARDS)
+    # the blocks' feed-forward class (nn.layers.FEED_FORWARDS): dense (up, act, down) | gated (down(act(gate(x)) * up(x)):
+    # T5 v1.1's gated-gelu with activation gelu_tanh, SwiGLU with silu)
+    feed_forward: Literal["dense", "gated"] = "dense"
     block_position_embedding: bool = False  # a second position table (GLM's 2D positions: the position inside a blank)
 
     def __post_init__(self):

@@ -42,10 +42,25 @@ class FeedForward(nn.Module):
         return self.down(self.act(self.up(x)))
 
 
+class GatedFeedForward(nn.Module):
+    """A gated feed-forward (GLU variants: T5 v1.1's gated-gelu, LLaMA's SwiGLU):
+    down(act(gate(x)) * up(x)), H -> ffn_size (twice) -> H."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate = nn.Linear(config.hidden_size, config.ffn_size, bias=config.bias)
+        self.up = nn.Linear(config.hidden_size, config.ffn_size, bias=config.bias)
+        self.down = nn.Linear(config.ffn_size, config.hidden_size, bias=config.bias)
+        self.act = activation(config.activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.gate(x)) * self.up(x))
+
+
 # ModelConfig.feed_forward names the class. A feed-forward returns its output (B, T, H), or
 # (output, {name: auxiliary loss}) when it has a loss of its own (an expert layer's balance loss):
 # the block passes such losses up, and the objective adds them to its loss once.
-FEED_FORWARDS: dict[str, type[nn.Module]] = {"dense": FeedForward}
+FEED_FORWARDS: dict[str, type[nn.Module]] = {"dense": FeedForward, "gated": GatedFeedForward}
 
 
 class Block(nn.Module):
