@@ -31,15 +31,17 @@ PREFIX = {"bert": "bert.", "roberta": "roberta.", "albert": "albert.", "gpt2": "
 ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu", "swish": "silu"}
 ENCODER = {"norm_position": "post", "embedding_norm": True, "final_norm": False, "lm_head_transform": True, "lm_head_bias": True}
+# What every family computes: LayerNorm, biases, learned absolute positions, scaled scores, a dense feed-forward.
+COMMON_FLAGS = {"bias": True, "position_embedding": "learned", "norm": "layer", "scale_attention": True, "scale_embeddings": False,
+                "lm_head_scale": False, "feed_forward": "dense", "block_position_embedding": False}
 # The flags of ModelConfig each family fixes (values not listed are free: sizes, eps, activation, dropout).
 FAMILY_FLAGS: dict[str, dict] = {
-    "bert": {**ENCODER, "share": "none", "position_offset": 0},
-    "roberta": {**ENCODER, "share": "none"},
-    "albert": {**ENCODER},
-    "gpt2": {"norm_position": "pre", "embedding_norm": False, "final_norm": True, "lm_head_transform": False,
+    "bert": {**COMMON_FLAGS, **ENCODER, "share": "none", "position_offset": 0},
+    "roberta": {**COMMON_FLAGS, **ENCODER, "share": "none"},
+    "albert": {**COMMON_FLAGS, **ENCODER},
+    "gpt2": {**COMMON_FLAGS, "norm_position": "pre", "embedding_norm": False, "final_norm": True, "lm_head_transform": False,
              "lm_head_bias": False, "share": "none", "position_offset": 0, "type_vocab_size": 0},
 }
-COMMON_FLAGS = {"bias": True, "position_embedding": "learned"}
 
 
 class HFError(LitPtmError):
@@ -49,7 +51,7 @@ class HFError(LitPtmError):
 # -- which family a lit_ptm model is ---------------------------------------------------------------
 def mismatches(config: ModelConfig, family: str) -> list[str]:
     """The settings of ``config`` that ``family`` cannot express exactly (empty: it can)."""
-    wanted = {**COMMON_FLAGS, **FAMILY_FLAGS[family]}
+    wanted = FAMILY_FLAGS[family]
     out = [f"model.config.{k}={getattr(config, k)!r} ({family} has {v!r})" for k, v in wanted.items() if getattr(config, k) != v]
     factorised = config.embedding_size not in (None, config.hidden_size)
     if family == "albert":

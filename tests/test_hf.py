@@ -268,6 +268,18 @@ def test_a_gpt2_classification_run_and_mean_pooling_are_refused_on_export(tmp_pa
         export_hf(run, tmp_path / "hf2")
 
 
+def test_the_newer_stack_flags_are_never_taken_for_an_hf_family():
+    """RMSNorm, unscaled attention, a gated feed-forward, scaled embeddings or LM head: BERT computes none of them."""
+    from lit_ptm.hf import family_of
+    from lit_ptm.nn import ModelConfig
+
+    assert family_of(ModelConfig(vocab_size=99, type_vocab_size=2)) == "bert"
+    for flag in ({"norm": "rms"}, {"scale_attention": False}, {"feed_forward": "gated"}, {"scale_embeddings": True},
+                 {"lm_head_scale": True}, {"block_position_embedding": True}):
+        assert family_of(ModelConfig(vocab_size=99, type_vocab_size=2, **flag)) is None, flag
+        assert family_of(ModelConfig(vocab_size=99, type_vocab_size=0, **flag)) is None, flag
+
+
 def test_settings_without_an_hf_counterpart_are_refused_on_export(tmp_path, cache_dir):
     root = tmp_path / "shared-attention"
     run_cli(["fit", *tiny_args("bert", root, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
