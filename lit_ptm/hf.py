@@ -1,8 +1,10 @@
-"""HF transformers interoperability: BERT, RoBERTa, ALBERT and GPT-2, in both directions.
+"""HF transformers interoperability: BERT, RoBERTa, ALBERT, GPT-2 and the encoder-decoders T5 and BART,
+in both directions.
 
 One table per architecture maps lit_ptm's parameter names to HF's (the fused qkv split and merged,
 GPT-2's Conv1D transposed, RoBERTa's position table offset by padding_idx + 1, ALBERT's shared group and
-embedding projection); the same table reads an HF model directory (``--model.pretrained HF_DIR``,
+embedding projection; T5's relative bias kept in each stack's first block, BART's position table offset
+by 2 and its final_logits_bias); the same table reads an HF model directory (``--model.pretrained HF_DIR``,
 ``lit-ptm import``) and writes one (``lit-ptm export``). Nothing is approximated: a lit_ptm setting
 without an exact HF counterpart is refused by name. ``transformers`` is imported only for export and
 the parity tests; reading needs ``safetensors`` for .safetensors weights (``pip install -e '.[hf]'``).
@@ -15,7 +17,7 @@ import json
 import re
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -26,22 +28,35 @@ from lit_ptm.nn import ModelConfig
 from lit_ptm.rundir import atomic_write
 from lit_ptm.tokenizer import ROLE_FILES, Tokenizer
 
-FAMILIES = ("bert", "roberta", "albert", "gpt2")
-PREFIX = {"bert": "bert.", "roberta": "roberta.", "albert": "albert.", "gpt2": "transformer."}
+SEQ2SEQ = ("t5", "bart")  # encoder-decoders: stacks "encoder" (the backbone) and "decoder", one LM head
+FAMILIES = ("bert", "roberta", "albert", "gpt2", *SEQ2SEQ)
+PREFIX = {"bert": "bert.", "roberta": "roberta.", "albert": "albert.", "gpt2": "transformer.", "t5": "", "bart": "model."}
 ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu", "swish": "silu"}
 ENCODER = {"norm_position": "post", "embedding_norm": True, "final_norm": False, "lm_head_transform": True, "lm_head_bias": True}
-# What every family computes: LayerNorm, biases, learned absolute positions, scaled scores, a dense feed-forward.
+# What every family but T5 computes: LayerNorm, biases, learned absolute positions, scaled scores, a dense feed-forward.
 COMMON_FLAGS = {"bias": True, "position_embedding": "learned", "norm": "layer", "scale_attention": True, "scale_embeddings": False,
                 "lm_head_scale": False, "feed_forward": "dense", "block_position_embedding": False}
-# The flags of ModelConfig each family fixes (values not listed are free: sizes, eps, activation, dropout).
+# The flags of ModelConfig each family fixes (values not listed are free: sizes, eps, activation, dropout;
+# T5: its feed-forward (dense or gated), the LM head's tie and scale, its buckets; BART: the embedding
+# scale, the position offset (export adds or drops rows), the tie).
 FAMILY_FLAGS: dict[str, dict] = {
     "bert": {**COMMON_FLAGS, **ENCODER, "share": "none", "position_offset": 0},
     "roberta": {**COMMON_FLAGS, **ENCODER, "share": "none"},
     "albert": {**COMMON_FLAGS, **ENCODER},
     "gpt2": {**COMMON_FLAGS, "norm_position": "pre", "embedding_norm": False, "final_norm": True, "lm_head_transform": False,
              "lm_head_bias": False, "share": "none", "position_offset": 0, "type_vocab_size": 0},
+    "t5": {"norm": "rms", "norm_position": "pre", "embedding_norm": False, "final_norm": True, "bias": False,
+           "position_embedding": "relative", "scale_attention": False, "scale_embeddings": False, "lm_head_transform": False,
+           "lm_head_bias": False, "share": "none", "type_vocab_size": 0, "block_position_embedding": False},
+    "bart": {**{k: v for k, v in COMMON_FLAGS.items() if k != "scale_embeddings"}, "norm_position": "post", "embedding_norm": True,
+             "final_norm": False, "lm_head_transform": False, "lm_head_bias": True, "share": "none", "type_vocab_size": 0,
+             "norm_eps": 1e-5},  # HF's BART: LayerNorm eps 1e-5, fixed
 }
+BART_OFFSET = 2  # HF's BART reads position p at row p + 2 of its table
+# Settings of older BART configs that today's HF BART ignores, with the value it computes as: any other is refused.
+BART_LEGACY = {"normalize_before": False, "add_final_layer_norm": False, "normalize_embedding": True, "static_position_embeddings": False,
+               "add_bias_logits": False, "extra_pos_embeddings": BART_OFFSET}
 
 
 class HFError(LitPtmError):
@@ -63,19 +78,24 @@ def mismatches(config: ModelConfig, family: str) -> list[str]:
         out.append("model.config.type_vocab_size=0 (bert has segment embeddings; without them it is roberta)")
     if family == "roberta" and config.activation != "gelu":
         out.append(f"model.config.activation={config.activation!r} (roberta's LM head applies gelu whatever its hidden_act)")
+    if family == "t5" and config.feed_forward == "gated" and config.activation == "gelu":
+        out.append("model.config.activation='gelu' with feed_forward='gated' (t5's gated-gelu is gelu_tanh, HF's gelu_new)")
     return out
 
 
 def family_of(config: ModelConfig, causal: bool = False) -> str | None:
-    """The HF architecture that computes exactly what ``config`` does (read causally or not), if any."""
-    if causal or config.norm_position == "pre":
+    """The HF architecture that computes exactly what ``config`` does (read causally or not), if any. T5 and
+    BART are encoder-decoders: a config of theirs exports with an encoder-decoder objective (T5, BART, MASS)."""
+    if causal:
         candidates = ["gpt2"]
+    elif config.norm_position == "pre":
+        candidates = ["gpt2", "t5"]
     elif config.embedding_size is not None:
         candidates = ["albert"]
     elif config.position_offset or config.type_vocab_size == 0:
-        candidates = ["roberta", "bert"]
+        candidates = ["roberta", "bert", "bart"]
     else:
-        candidates = ["bert", "roberta"]
+        candidates = ["bert", "roberta", "bart"]
     return next((f for f in candidates if not mismatches(config, f)), None)
 
 
@@ -84,6 +104,10 @@ def config_from_hf(hf: dict, source) -> tuple[str, ModelConfig]:
     family = hf.get("model_type")
     if family not in FAMILIES:
         raise HFError(f"{source}: model_type {family!r} is not one lit_ptm maps (it maps {', '.join(FAMILIES)})")
+    if family == "t5":
+        return family, t5_config(hf, source)
+    if family == "bart":
+        return family, bart_config(hf, source)
     act_key = "activation_function" if family == "gpt2" else "hidden_act"
     act = hf.get(act_key, "gelu_new" if family == "gpt2" else "gelu")
     if act not in ACT_FROM_HF:
@@ -128,6 +152,66 @@ def config_from_hf(hf: dict, source) -> tuple[str, ModelConfig]:
     )
 
 
+def t5_config(hf: dict, source) -> ModelConfig:
+    """T5 v1.0 (feed_forward_proj relu) and v1.1 / flan-t5 (gated-gelu: gelu_new, an untied head). Whether the
+    decoder's output is scaled by d_model^-0.5 before the head is HF's scale_decoder_outputs (transformers 5;
+    without it, tie_word_embeddings says, as transformers 4 read it). Whether the head is tied is settled by
+    the weights (read_hf_dir): transformers 5 ties T5's head unless the checkpoint holds another one."""
+    proj = hf.get("feed_forward_proj", "relu")
+    gated, _, act = proj.rpartition("-")
+    if gated not in ("", "gated"):
+        raise HFError(f"{source}: feed_forward_proj={proj!r} is not mapped (ACT or gated-ACT)")
+    act = "gelu_new" if proj == "gated-gelu" else act  # HF's T5 reads gated-gelu as gelu_new
+    if act not in ACT_FROM_HF:
+        raise HFError(f"{source}: feed_forward_proj={proj!r}: {act!r} has no exact counterpart in lit_ptm ({', '.join(ACT_FROM_HF)})")
+    H, heads, d_kv = hf.get("d_model", 512), hf.get("num_heads", 8), hf.get("d_kv", 64)
+    if d_kv * heads != H:
+        raise HFError(f"{source}: d_kv={d_kv} with num_heads={heads} is not d_model={H}: lit_ptm's attention has "
+                      "num_heads * head_size = hidden_size; not mapped")
+    if hf.get("is_decoder"):
+        raise HFError(f"{source}: is_decoder=true (a decoder-only T5) is not mapped")
+    layers = hf.get("num_layers", 6)
+    decoder_layers = hf.get("num_decoder_layers") or layers
+    tie = hf.get("tie_word_embeddings", True) is not False
+    return ModelConfig(
+        vocab_size=hf["vocab_size"], hidden_size=H, num_layers=layers, num_heads=heads, intermediate_size=hf.get("d_ff", 2048),
+        num_decoder_layers=decoder_layers if decoder_layers != layers else None,
+        max_position_embeddings=hf.get("n_positions", 512),  # no position table: only the longest input lit_ptm accepts
+        relative_buckets=hf.get("relative_attention_num_buckets", 32), relative_max_distance=hf.get("relative_attention_max_distance", 128),
+        norm_eps=hf.get("layer_norm_epsilon", 1e-6), activation=ACT_FROM_HF[act], feed_forward="gated" if gated else "dense",
+        dropout=hf.get("dropout_rate", 0.1), attention_dropout=hf.get("dropout_rate", 0.1), tie_word_embeddings=tie,
+        lm_head_scale=bool(hf.get("scale_decoder_outputs", tie)), **FAMILY_FLAGS["t5"],
+    )
+
+
+def bart_config(hf: dict, source) -> ModelConfig:
+    """BART: post-LN, learned positions at offset 2 in each stack, an embedding LayerNorm, final_logits_bias."""
+    for key, value in BART_LEGACY.items():
+        if hf.get(key, value) != value:
+            raise HFError(f"{source}: {key}={hf[key]!r} is not mapped (today's HF BART computes as {key}={value!r}, and so "
+                          "does lit_ptm; mBART's pre-LN stacks are not mapped)")
+    for a, b, default in (("encoder_attention_heads", "decoder_attention_heads", 16), ("encoder_ffn_dim", "decoder_ffn_dim", 4096)):
+        if hf.get(a, default) != hf.get(b, default):
+            raise HFError(f"{source}: {a}={hf.get(a, default)} differs from {b}={hf.get(b, default)}: lit_ptm's encoder "
+                          "and decoder have one width each; not mapped")
+    act = hf.get("activation_function", "gelu")
+    if act not in ACT_FROM_HF:
+        raise HFError(f"{source}: activation_function={act!r} has no exact counterpart in lit_ptm ({', '.join(ACT_FROM_HF)})")
+    if hf.get("is_decoder"):
+        raise HFError(f"{source}: is_decoder=true (BART's decoder alone) is not mapped")
+    layers = hf.get("encoder_layers", 12)
+    decoder_layers = hf.get("decoder_layers", 12)
+    return ModelConfig(
+        vocab_size=hf["vocab_size"], hidden_size=hf.get("d_model", 1024), num_layers=layers,
+        num_heads=hf.get("encoder_attention_heads", 16), intermediate_size=hf.get("encoder_ffn_dim", 4096),
+        num_decoder_layers=decoder_layers if decoder_layers != layers else None,
+        max_position_embeddings=hf.get("max_position_embeddings", 1024) + BART_OFFSET, position_offset=BART_OFFSET,
+        scale_embeddings=bool(hf.get("scale_embedding", False)), activation=ACT_FROM_HF[act], dropout=hf.get("dropout", 0.1),
+        attention_dropout=hf.get("attention_dropout", 0.0), init_std=hf.get("init_std", 0.02),
+        tie_word_embeddings=hf.get("tie_word_embeddings", True) is not False, **FAMILY_FLAGS["bart"],
+    )
+
+
 def config_to_hf(config: ModelConfig, family: str, tokenizer: Tokenizer | None) -> dict:
     ids = tokenizer.ids if tokenizer is not None else None
     special = {f"{r}_token_id": getattr(ids, r) for r in ("pad", "bos", "eos")} if ids is not None else {}
@@ -137,6 +221,24 @@ def config_to_hf(config: ModelConfig, family: str, tokenizer: Tokenizer | None) 
                 "n_head": config.num_heads, "n_inner": config.ffn_size, "n_positions": config.max_position_embeddings,
                 "activation_function": ACT_TO_HF[config.activation], "layer_norm_epsilon": config.norm_eps,
                 "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.attention_dropout}
+    decoder_layers = config.num_decoder_layers or config.num_layers
+    if family == "t5":
+        gated = "gated-" if config.feed_forward == "gated" else ""
+        act = "gelu" if gated and config.activation == "gelu_tanh" else ACT_TO_HF[config.activation]  # gated-gelu is gelu_new
+        return {**common, **special, "model_type": "t5", "d_model": config.hidden_size, "d_kv": config.head_size,
+                "d_ff": config.ffn_size, "num_layers": config.num_layers, "num_decoder_layers": decoder_layers,
+                "num_heads": config.num_heads, "relative_attention_num_buckets": config.relative_buckets,
+                "relative_attention_max_distance": config.relative_max_distance, "dropout_rate": config.dropout,
+                "layer_norm_epsilon": config.norm_eps, "feed_forward_proj": gated + act, "n_positions": config.max_length,
+                "scale_decoder_outputs": config.lm_head_scale, "initializer_factor": 1.0}
+    if family == "bart":
+        return {**common, **special, "model_type": "bart", "d_model": config.hidden_size, "encoder_layers": config.num_layers,
+                "decoder_layers": decoder_layers, "encoder_attention_heads": config.num_heads,
+                "decoder_attention_heads": config.num_heads, "encoder_ffn_dim": config.ffn_size, "decoder_ffn_dim": config.ffn_size,
+                "activation_function": ACT_TO_HF[config.activation], "max_position_embeddings": config.max_length,
+                "scale_embedding": config.scale_embeddings, "dropout": config.dropout, "attention_dropout": config.attention_dropout,
+                "activation_dropout": 0.0, "encoder_layerdrop": 0.0, "decoder_layerdrop": 0.0, "init_std": config.init_std,
+                "forced_eos_token_id": None}
     out = {**common, **special, "model_type": family, "hidden_size": config.hidden_size, "num_hidden_layers": config.num_layers,
            "num_attention_heads": config.num_heads, "intermediate_size": config.ffn_size, "hidden_act": ACT_TO_HF[config.activation],
            "max_position_embeddings": config.max_position_embeddings, "type_vocab_size": max(1, config.type_vocab_size),
@@ -161,8 +263,9 @@ def roberta_rows(config: ModelConfig, pad_id: int) -> tuple[int, int]:
 
 # -- parameter tables --------------------------------------------------------------------------------
 # Each row: (lit_ptm name, HF names, kind). kind: "" copies, "T" transposes (GPT-2's Conv1D), "qkv" joins
-# three HF matrices into lit_ptm's fused projection (or splits it).
-def backbone_table(family: str, config: ModelConfig) -> list[tuple[str, tuple[str, ...], str]]:
+# three HF matrices into lit_ptm's fused projection (or splits it), "row" is HF's [1, V] as lit_ptm's [V]
+# (BART's final_logits_bias). An encoder-decoder's rows name both stacks, "encoder.*" and "decoder.*".
+def backbone_table(family: str, config: ModelConfig, stacks=("encoder", "decoder")) -> list[tuple[str, tuple[str, ...], str]]:
     rows: list[tuple[str, tuple[str, ...], str]] = []
 
     def add(lit, hf, kind="", params=("weight", "bias")):
@@ -170,6 +273,50 @@ def backbone_table(family: str, config: ModelConfig) -> list[tuple[str, tuple[st
         for p in params:
             rows.append((f"{lit}.{p}", tuple(f"{h}.{p}" for h in hf), kind))
 
+    if family == "t5":
+        add("encoder.embeddings.tokens", "shared", params=("weight",))  # the decoder's is the same table
+        for s in stacks:
+            depth = config.num_layers if s == "encoder" else config.num_decoder_layers or config.num_layers
+            add(f"{s}.relative_bias.buckets", f"{s}.block.0.layer.0.SelfAttention.relative_attention_bias", params=("weight",))
+            for i in range(depth):
+                b, h = f"{s}.blocks.{i}", f"{s}.block.{i}.layer"
+                attn = f"{h}.0.SelfAttention"
+                add(f"{b}.attention.qkv", (f"{attn}.q", f"{attn}.k", f"{attn}.v"), "qkv", params=("weight",))
+                add(f"{b}.attention.out", f"{attn}.o", params=("weight",))
+                add(f"{b}.attention_norm", f"{h}.0.layer_norm", params=("weight",))
+                ff = 1
+                if s == "decoder":
+                    cross, ff = f"{h}.1.EncDecAttention", 2
+                    add(f"{b}.cross_attention.qkv", (f"{cross}.q", f"{cross}.k", f"{cross}.v"), "qkv", params=("weight",))
+                    add(f"{b}.cross_attention.out", f"{cross}.o", params=("weight",))
+                    add(f"{b}.cross_attention_norm", f"{h}.1.layer_norm", params=("weight",))
+                dense = f"{h}.{ff}.DenseReluDense"
+                if config.feed_forward == "gated":
+                    add(f"{b}.ffn.gate", f"{dense}.wi_0", params=("weight",))
+                    add(f"{b}.ffn.up", f"{dense}.wi_1", params=("weight",))
+                else:
+                    add(f"{b}.ffn.up", f"{dense}.wi", params=("weight",))
+                add(f"{b}.ffn.down", f"{dense}.wo", params=("weight",))
+                add(f"{b}.ffn_norm", f"{h}.{ff}.layer_norm", params=("weight",))
+            add(f"{s}.final_norm", f"{s}.final_layer_norm", params=("weight",))
+        return rows
+    if family == "bart":
+        add("encoder.embeddings.tokens", "shared", params=("weight",))  # the decoder's is the same table
+        for s in stacks:
+            depth = config.num_layers if s == "encoder" else config.num_decoder_layers or config.num_layers
+            add(f"{s}.embeddings.positions", f"{s}.embed_positions", params=("weight",))
+            add(f"{s}.embeddings.norm", f"{s}.layernorm_embedding")
+            for i in range(depth):
+                b, h = f"{s}.blocks.{i}", f"{s}.layers.{i}"
+                attention = [("attention", "self_attn")] + ([("cross_attention", "encoder_attn")] if s == "decoder" else [])
+                for ours, theirs in attention:
+                    add(f"{b}.{ours}.qkv", tuple(f"{h}.{theirs}.{p}_proj" for p in "qkv"), "qkv")
+                    add(f"{b}.{ours}.out", f"{h}.{theirs}.out_proj")
+                    add(f"{b}.{ours}_norm", f"{h}.{theirs}_layer_norm")
+                add(f"{b}.ffn.up", f"{h}.fc1")
+                add(f"{b}.ffn.down", f"{h}.fc2")
+                add(f"{b}.ffn_norm", f"{h}.final_layer_norm")
+        return rows
     e = "transformer.embeddings"
     if family == "gpt2":
         add(f"{e}.tokens", "wte", params=("weight",))
@@ -223,13 +370,17 @@ HEADS = {  # head name -> family -> [(lit_ptm prefix, HF prefix)], for .weight a
     "tag": {f: [("head", "classifier")] for f in FAMILIES},
     "qa": {f: [("head", "qa_outputs")] for f in FAMILIES},
 }
-LM_BIAS = {"bert": "cls.predictions.bias", "roberta": "lm_head.bias", "albert": "predictions.bias"}
+LM_BIAS = {"bert": "cls.predictions.bias", "roberta": "lm_head.bias", "albert": "predictions.bias", "bart": "final_logits_bias"}
+# An untied LM head's own matrix (the MLM families' decoder has its own bias too, which their forward adds).
+UNTIED_HEAD = {"bert": "cls.predictions.decoder", "roberta": "lm_head.decoder", "albert": "predictions.decoder", "gpt2": "lm_head",
+               "t5": "lm_head", "bart": "lm_head"}
 HF_CLASSES = {
     ("bert", "mlm"): "BertForMaskedLM", ("bert", "mlm+pair"): "BertForPreTraining", ("roberta", "mlm"): "RobertaForMaskedLM",
     ("albert", "mlm"): "AlbertForMaskedLM", ("albert", "mlm+pair"): "AlbertForPreTraining", ("gpt2", "lm"): "GPT2LMHeadModel",
     **{(f, "classify"): f"{n}ForSequenceClassification" for f, n in (("bert", "Bert"), ("roberta", "Roberta"), ("albert", "Albert"))},
     **{(f, "tag"): f"{n}ForTokenClassification" for f, n in (("bert", "Bert"), ("roberta", "Roberta"), ("albert", "Albert"), ("gpt2", "GPT2"))},
     **{(f, "qa"): f"{n}ForQuestionAnswering" for f, n in (("bert", "Bert"), ("roberta", "Roberta"), ("albert", "Albert"), ("gpt2", "GPT2"))},
+    ("t5", "seq2seq"): "T5ForConditionalGeneration", ("bart", "seq2seq"): "BartForConditionalGeneration",
 }
 
 
@@ -238,14 +389,13 @@ def head_rows(family: str, heads: tuple[str, ...], config: ModelConfig) -> list[
     for head in heads:
         for lit, hf in HEADS.get(head, {}).get(family, []):
             rows += [(f"{lit}.{p}", (f"{hf}.{p}",), "") for p in ("weight", "bias")]
-    if "mlm" in heads or "lm" in heads:
+    if {"mlm", "lm", "seq2seq"} & set(heads):
         if family in LM_BIAS:
-            rows.append(("lm_head.bias", (LM_BIAS[family],), ""))
+            rows.append(("lm_head.bias", (LM_BIAS[family],), "row" if family == "bart" else ""))
         if not config.tie_word_embeddings:
-            decoder = {"bert": "cls.predictions.decoder", "roberta": "lm_head.decoder", "albert": "predictions.decoder", "gpt2": "lm_head"}
-            rows.append(("lm_head.weight", (f"{decoder[family]}.weight",), ""))
-            if family in LM_BIAS:  # untied, HF's decoder has a bias of its own, and its forward adds that one
-                rows.append(("lm_head.bias", (f"{decoder[family]}.bias",), ""))
+            rows.append(("lm_head.weight", (f"{UNTIED_HEAD[family]}.weight",), ""))
+            if family in ("bert", "roberta", "albert"):  # untied, HF's decoder has a bias of its own, and its forward adds that one
+                rows.append(("lm_head.bias", (f"{UNTIED_HEAD[family]}.bias",), ""))
     return rows
 
 
@@ -262,6 +412,8 @@ def to_hf(state: dict[str, torch.Tensor], rows) -> dict[str, torch.Tensor]:
         if kind == "qkv":
             for name, part in zip(hf, value.chunk(3, dim=0)):
                 out[name] = part.clone()
+        elif kind == "row":
+            out[hf[0]] = value[None].clone()
         else:
             out[hf[0]] = value.t().contiguous() if kind == "T" else value.clone()
     return out
@@ -275,6 +427,8 @@ def from_hf(state: dict[str, torch.Tensor], rows, source) -> dict[str, torch.Ten
             raise HFError(f"{source} lacks {missing[0]} (a {lit} weight); it does not hold the architecture its config names")
         if kind == "qkv":
             out[lit] = torch.cat([state[h] for h in hf], dim=0)
+        elif kind == "row":
+            out[lit] = state[hf[0]][0]
         else:
             out[lit] = state[hf[0]].t().contiguous() if kind == "T" else state[hf[0]]
     return out
@@ -351,10 +505,49 @@ class HFModel:
     directory: Path
     family: str
     config: ModelConfig
-    objective: str  # MaskedLM | CausalLM: the pretraining objective its heads belong to
+    objective: str  # MaskedLM | CausalLM | T5 | BART: the pretraining objective its heads belong to
     pair_task: str  # none | nsp | sop
-    state_dict: dict[str, torch.Tensor]  # lit_ptm names: transformer.*, and the heads it holds
+    state_dict: dict[str, torch.Tensor]  # lit_ptm names: transformer.* (encoder.*, decoder.*), and the heads it holds
     tokenizer: Tokenizer
+    backbone: str = "transformer"  # the stack fine-tuning takes: an encoder-decoder's "encoder"
+    stacks: tuple[str, ...] = ("transformer",)
+    heads: tuple[str, ...] = field(default=())  # the pretraining heads it holds (none: a bare model)
+
+
+SEQ2SEQ_OBJECTIVE = {"t5": ("T5", "pad"), "bart": ("BART", "eos")}  # the objective an HF encoder-decoder imports as, its decoder start
+
+
+def read_seq2seq(directory: Path, family: str, config: ModelConfig, state: dict[str, torch.Tensor]) -> HFModel:
+    """T5 / BART (their ForConditionalGeneration, a bare T5Model / BartModel, or T5EncoderModel: the encoder alone)."""
+    prefix = PREFIX[family]
+    shared = f"{prefix}shared.weight"
+    stacks = ("encoder", "decoder") if any(k.startswith(f"{prefix}decoder.") for k in state) else ("encoder",)
+    # Each stack reads its own embed_tokens where the checkpoint holds one, else the shared table (as transformers 5
+    # loads them: tied unless both are there and differ; an untied BART keeps three tables). lit_ptm's stacks share one.
+    tables = {s: state.get(f"{prefix}{s}.embed_tokens.weight", state.get(shared)) for s in stacks}
+    if tables["encoder"] is None:
+        raise HFError(f"{directory} lacks {shared} (the token table); it does not hold the architecture its config names")
+    if "decoder" in stacks and not torch.equal(tables["encoder"], tables["decoder"]):
+        raise HFError(f"{directory}: the encoder's and the decoder's token tables (embed_tokens) differ; lit_ptm's stacks share "
+                      "one table: not mapped")
+    state[shared] = tables["encoder"]
+    # The head: a matrix of its own where the checkpoint holds one that differs (transformers 5 then unties it; an
+    # untied BART config always has one), else the table. T5's config never unties it in transformers 5.
+    head = UNTIED_HEAD[family] + ".weight"
+    other_head = head in state and not torch.equal(state[head], state[shared])
+    tied = not other_head if family == "t5" else config.tie_word_embeddings and not other_head
+    config = replace(config, tie_word_embeddings=tied)
+    if family == "bart" and "final_logits_bias" not in state:  # HF's BART starts it at zeros when a checkpoint lacks it
+        state["final_logits_bias"] = torch.zeros(1, config.vocab_size)
+    lit = from_hf(state, prefixed(family, ("base",), backbone_table(family, config, stacks)), directory)
+    heads = ("seq2seq",) if "decoder" in stacks and (tied or head in state) else ()
+    lit.update(from_hf(state, head_rows(family, heads, config), directory))
+    if "decoder" in stacks:  # lit_ptm's decoder and tied head hold the one table under their own names too
+        lit["decoder.embeddings.tokens.weight"] = lit["encoder.embeddings.tokens.weight"]
+    if heads and tied:
+        lit["lm_head.embedding.weight"] = lit["encoder.embeddings.tokens.weight"]
+    return HFModel(directory, family, config, SEQ2SEQ_OBJECTIVE[family][0], "none", lit, read_hf_tokenizer(directory, config),
+                   backbone="encoder", stacks=stacks, heads=heads)
 
 
 def read_hf_dir(directory) -> HFModel:
@@ -365,6 +558,8 @@ def read_hf_dir(directory) -> HFModel:
     state = {re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", k)): v for k, v in state.items()}
     if not any(k.startswith(PREFIX[family]) for k in state):  # a bare model (BertModel): no prefix
         state = {PREFIX[family] + k: v for k, v in state.items()}
+    if family in SEQ2SEQ:
+        return read_seq2seq(directory, family, config, state)
     lit = from_hf(state, prefixed(family, ("base",), backbone_table(family, config)), directory)
     objective = "CausalLM" if family == "gpt2" else "MaskedLM"
     heads = ["lm" if family == "gpt2" else "mlm"]
@@ -383,7 +578,7 @@ def read_hf_dir(directory) -> HFModel:
     lit.update(from_hf(state, head_rows(family, tuple(heads), config), directory))
     if heads and config.tie_word_embeddings:  # lit_ptm's LM head holds the tied table under its own name too
         lit["lm_head.embedding.weight"] = lit["transformer.embeddings.tokens.weight"]
-    return HFModel(directory, family, config, objective, pair_task, lit, read_hf_tokenizer(directory, config))
+    return HFModel(directory, family, config, objective, pair_task, lit, read_hf_tokenizer(directory, config), heads=tuple(heads))
 
 
 # -- import: an HF directory as a lit_ptm run ---------------------------------------------------------
@@ -398,7 +593,10 @@ def import_hf(source, out, overwrite: bool = False) -> Path:
     if (out / "last.ckpt").exists() and not overwrite:
         raise HFError(f"{out} already holds a run (last.ckpt): choose another --out or pass --overwrite")
     model = read_hf_dir(source)
-    if "lm_head.transform.0.weight" not in model.state_dict and model.family != "gpt2":
+    if model.family in SEQ2SEQ and not model.heads:
+        raise HFError(f"{source} holds no decoder and LM head (an encoder alone, or an untied head missing), so it is no "
+                      f"{model.objective} run to import; use it directly: --model.pretrained {source} (fine-tuning takes its encoder)")
+    if "lm_head.transform.0.weight" not in model.state_dict and model.family not in ("gpt2", *SEQ2SEQ):
         raise HFError(f"{source} holds no MLM head (a bare encoder or a fine-tuned checkpoint), so it is no {model.objective} "
                       f"run to import; use it directly: --model.pretrained {source} (a new head starts fresh)")
     class_path = f"lit_ptm.objectives.{model.objective}"
@@ -406,11 +604,16 @@ def import_hf(source, out, overwrite: bool = False) -> Path:
     hparams = {"config": config.to_dict(), "pretrained": None, "_class_path": class_path}
     if model.objective == "MaskedLM":
         hparams["pair_task"] = model.pair_task
+    seq2seq = {}
+    if model.family in SEQ2SEQ:
+        hparams["decoder_start"] = SEQ2SEQ_OBJECTIVE[model.family][1]
+        seq2seq = {"decoder_start": hparams["decoder_start"]}
     checkpoint = {
         "state_dict": model.state_dict, "hyper_parameters": hparams, "epoch": 0, "global_step": 0,
         "pytorch-lightning_version": lightning.__version__,
-        "lit_ptm": {"format": CHECKPOINT_FORMAT, "objective": model.objective, "backbone": "transformer", "family": model.family,
-                    "causal": model.objective == "CausalLM", "started_from": str(Path(source).resolve()), "model_config": config.to_dict(),
+        "lit_ptm": {"format": CHECKPOINT_FORMAT, "objective": model.objective, "backbone": model.backbone, "stacks": list(model.stacks),
+                    "family": model.family, "causal": model.objective == "CausalLM", **seq2seq,
+                    "started_from": str(Path(source).resolve()), "model_config": config.to_dict(),
                     "tokenizer_sha": model.tokenizer.sha, "weights_only": True},
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -441,9 +644,10 @@ def export_hf(source, out, overwrite: bool = False) -> tuple[Path, str]:
     meta = raw["lit_ptm"]
     hparams = raw.get("hyper_parameters", {})
     causal = reads_causally(meta)
+    end_of_target = seq2seq_objective(meta["objective"])  # an encoder-decoder objective: its end-of-target token
     family = meta.get("family") or family_of(config, causal)
     if family is None:
-        close = {f: mismatches(config, f) for f in FAMILIES}
+        close = {f: mismatches(config, f) for f in (SEQ2SEQ if end_of_target else FAMILIES[:4])}
         nearest = min(close, key=lambda f: len(close[f]))
         raise HFError(f"{path}: no HF architecture computes this model exactly; nearest {nearest}, which differs in "
                       + "; ".join(close[nearest]))
@@ -457,6 +661,8 @@ def export_hf(source, out, overwrite: bool = False) -> tuple[Path, str]:
         heads = ("mlm", "pair") if hparams.get("pair_task", "none") != "none" else ("mlm",)
     elif objective == "CausalLM":
         heads = ("lm",)
+    elif end_of_target:
+        heads = ("seq2seq",)
     elif objective == "SequenceClassification":
         if hparams.get("pooling", "auto") == "mean":
             raise HFError(f"{path}: model.pooling=mean has no HF counterpart (HF pools [CLS] or the last token)")
@@ -486,26 +692,42 @@ def export_hf(source, out, overwrite: bool = False) -> tuple[Path, str]:
         raise HFError(f"{path}: no tokenizer.json beside it; an HF directory needs its tokenizer")
     state = dict(raw["state_dict"])
     backbone = meta.get("backbone", "transformer")
-    if backbone != "transformer":
+    if backbone != "transformer" and family not in SEQ2SEQ:
         state = {("transformer." + k[len(backbone) + 1:] if k.startswith(backbone + ".") else k): v for k, v in state.items()}
     if family == "albert" and config.share == "all":
         state = {re.sub(r"^transformer\.blocks\.\d+\.", "transformer.blocks.0.", k): v for k, v in state.items()}
+    if end_of_target:  # the token the decoder starts from, the one that ends a target (generation stops there)
+        start = meta.get("decoder_start") or hparams.get("decoder_start")
+        if getattr(tokenizer.ids, start, None) is None:
+            raise HFError(f"{path}: the decoder starts from the tokenizer's {start} token (model.decoder_start), which it lacks")
+        extra = {"decoder_start_token_id": getattr(tokenizer.ids, start), "eos_token_id": end_of_target(tokenizer.ids)}
     hf_config = {**config_to_hf(config, family, tokenizer), **extra}
     if family in ("roberta", "bert", "albert"):  # lit_ptm's RoBERTa may have no segments, HF's has one
         if config.type_vocab_size == 0:
             state["transformer.embeddings.token_types.weight"] = torch.zeros(1, config.embed_size)
     if family == "roberta":
         shift, _ = roberta_rows(config, hf_config["pad_token_id"])
-        table = state["transformer.embeddings.positions.weight"]
-        state["transformer.embeddings.positions.weight"] = (
-            torch.cat([table.new_zeros(shift, table.size(1)), table]) if shift >= 0 else table[-shift:])
+        name = "transformer.embeddings.positions.weight"
+        state[name] = shift_rows(state[name], shift)
+    if family == "bart":  # HF's BART reads position p at row p + 2: rows added in front (or unused ones dropped)
+        for name in ("encoder.embeddings.positions.weight", "decoder.embeddings.positions.weight"):
+            state[name] = shift_rows(state[name], BART_OFFSET - config.position_offset)
     rows = prefixed(family, heads, backbone_table(family, config)) + head_rows(family, heads, config)
     if family == "albert" and config.share == "all":
         rows = [r for r in rows if not re.match(r"transformer\.blocks\.[1-9]", r[0])]
     hf_state = to_hf(state, rows)
+    if family in SEQ2SEQ:  # each stack's embed_tokens too: transformers 5 unties them from the shared table with an untied head
+        for s in ("encoder", "decoder"):
+            hf_state[f"{PREFIX[family]}{s}.embed_tokens.weight"] = hf_state[f"{PREFIX[family]}shared.weight"]
     model_type = hf_config.pop("model_type")
     hf_cfg = transformers.AutoConfig.for_model(model_type, **hf_config)
+    if family == "t5":  # transformers 5: whether the decoder's output is scaled is a setting of its own
+        hf_cfg.scale_decoder_outputs = config.lm_head_scale
     model = getattr(transformers, HF_CLASSES[key])(hf_cfg)
+    if family in SEQ2SEQ and not config.tie_word_embeddings and model.lm_head.weight is model.get_input_embeddings().weight:
+        # transformers 5 always ties T5's head when it builds one; an untied head is a parameter of its own, saved as such
+        model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.lm_head.weight))
+        getattr(model, "all_tied_weights_keys", {}).pop("lm_head.weight", None)
     unexpected = model.load_state_dict(hf_state, strict=False).unexpected_keys
     # named_parameters lists a tied parameter once (the embedding, not the decoder that shares it), and
     # buffers are HF's own: every parameter listed must have come from the table.
@@ -515,8 +737,28 @@ def export_hf(source, out, overwrite: bool = False) -> tuple[Path, str]:
     if out.exists() and overwrite:
         shutil.rmtree(out)
     model.save_pretrained(out, safe_serialization=True)
+    if family == "t5":  # transformers 5 writes tie_word_embeddings: true whatever the head; say what it is (as 4.x reads it)
+        written = json.loads((out / "config.json").read_text())
+        written.update(tie_word_embeddings=config.tie_word_embeddings, scale_decoder_outputs=config.lm_head_scale)
+        (out / "config.json").write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
     write_hf_tokenizer(tokenizer, out, family)
     return out, HF_CLASSES[key]
+
+
+def seq2seq_objective(objective: str):
+    """``end_of_target(ids)`` of an encoder-decoder objective (T5, BART, MASS: lit_ptm.objectives), else None."""
+    from lit_ptm import objectives
+    from lit_ptm.objectives.encoder_decoder import EncoderDecoderLM
+
+    cls = getattr(objectives, objective, None)
+    if not (isinstance(cls, type) and issubclass(cls, EncoderDecoderLM)):
+        return None
+    return lambda ids: cls.end_of_target(None, ids)  # a method of the class's framing, which reads no state
+
+
+def shift_rows(table: torch.Tensor, shift: int) -> torch.Tensor:
+    """A position table with ``shift`` zero rows added in front (negative: that many rows dropped)."""
+    return torch.cat([table.new_zeros(shift, table.size(1)), table]) if shift >= 0 else table[-shift:]
 
 
 def write_hf_tokenizer(tokenizer: Tokenizer, out: Path, family: str) -> None:
@@ -527,9 +769,12 @@ def write_hf_tokenizer(tokenizer: Tokenizer, out: Path, family: str) -> None:
     rust = RustTokenizer.from_str(tokenizer.hf.to_str())
     names = {role: rust.id_to_token(getattr(tokenizer.ids, role)) for role in ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
              if getattr(tokenizer.ids, role) is not None}
-    if family != "gpt2" and "cls" in names and "sep" in names:  # tokenizer(text) adds [CLS] ... [SEP] as HF users expect
+    if family == "t5" and "eos" in names:  # T5's tokenizer(text) adds </s> (lit_ptm's T5 frames a source as text [EOS])
+        eos = names["eos"]
+        rust.post_processor = TemplateProcessing(single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, tokenizer.ids.eos)])
+    elif family not in ("gpt2", "t5") and "cls" in names and "sep" in names:  # tokenizer(text) adds [CLS] ... [SEP] as HF users expect
         cls, sep = names["cls"], names["sep"]
-        pair = f"{cls} $A {sep} {sep} $B {sep}" if family == "roberta" else f"{cls} $A {sep} $B:1 {sep}:1"  # each family's own
+        pair = f"{cls} $A {sep} {sep} $B {sep}" if family in ("roberta", "bart") else f"{cls} $A {sep} $B:1 {sep}:1"  # each family's own
         rust.post_processor = TemplateProcessing(
             single=f"{cls} $A {sep}", pair=pair, special_tokens=[(cls, tokenizer.ids.cls), (sep, tokenizer.ids.sep)],
         )
@@ -546,7 +791,7 @@ def write_hf_tokenizer(tokenizer: Tokenizer, out: Path, family: str) -> None:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="lit-ptm", description="HF transformers import / export")
     sub = parser.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser("import", help="an HF model directory (BERT, RoBERTa, ALBERT, GPT-2) as a lit_ptm run directory")
+    imp = sub.add_parser("import", help="an HF model directory (BERT, RoBERTa, ALBERT, GPT-2, T5, BART) as a lit_ptm run directory")
     imp.add_argument("source", help="local HF model directory (config.json, model.safetensors or pytorch_model.bin, tokenizer.json)")
     imp.add_argument("--out", required=True, help="the run directory to write")
     imp.add_argument("--overwrite", action="store_true", help="replace a run already in --out")

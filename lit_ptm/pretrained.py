@@ -77,13 +77,14 @@ def reads_causally(meta: dict) -> bool:
 
 
 def load_pretrained(path: str | Path) -> Pretrained:
-    """A lit_ptm run (directory or .ckpt) or a local HF model directory (BERT, RoBERTa, ALBERT, GPT-2)."""
+    """A lit_ptm run (directory or .ckpt) or a local HF model directory (BERT, RoBERTa, ALBERT, GPT-2; T5 and BART,
+    whose backbone is their encoder)."""
     from lit_ptm.hf import is_hf_dir, read_hf_dir
 
     if is_hf_dir(path):
         hf = read_hf_dir(path)
         return Pretrained(checkpoint=hf.directory, objective=hf.objective, config=hf.config, state_dict=hf.state_dict,
-                          backbone="transformer", tokenizer_sha=hf.tokenizer.sha, causal=hf.objective == "CausalLM")
+                          backbone=hf.backbone, tokenizer_sha=hf.tokenizer.sha, causal=hf.objective == "CausalLM")
     checkpoint, raw, config = read_run(path)
     meta = raw["lit_ptm"]
     return Pretrained(

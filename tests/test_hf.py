@@ -21,7 +21,11 @@ ROLES = {  # the special tokens each family's tokenizer has, by HF's names
                 "sep_token": "</s>", "mask_token": "<mask>"},
     "albert": {"pad_token": "<pad>", "unk_token": "<unk>", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"},
     "gpt2": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"},
+    "t5": {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"},
+    "bart": {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "cls_token": "<s>",
+             "sep_token": "</s>", "mask_token": "<mask>"},
 }
+T5_SENTINELS = [f"<extra_id_{i}>" for i in range(5)]
 
 
 def hf_tokenizer(family, directory):
@@ -30,7 +34,14 @@ def hf_tokenizer(family, directory):
     from tokenizers import models, pre_tokenizers, trainers
 
     specials = list(dict.fromkeys(ROLES[family].values()))
-    if family in ("roberta", "gpt2"):
+    if family == "t5":  # SentencePiece-like (Unigram), its sentinels last, as T5's tokenizer has them
+        rust = Rust(models.Unigram())
+        rust.pre_tokenizer = pre_tokenizers.Metaspace()
+        rust.train_from_iterator(SENTENCES, trainer=trainers.UnigramTrainer(vocab_size=94, special_tokens=specials, unk_token="<unk>"))
+        fast = transformers.PreTrainedTokenizerFast(tokenizer_object=rust, additional_special_tokens=T5_SENTINELS, **ROLES[family])
+        fast.save_pretrained(directory)
+        return fast
+    if family in ("roberta", "gpt2", "bart"):
         rust = Rust(models.BPE())
         rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -278,6 +289,8 @@ def test_the_newer_stack_flags_are_never_taken_for_an_hf_family():
                  {"lm_head_scale": True}, {"block_position_embedding": True}):
         assert family_of(ModelConfig(vocab_size=99, type_vocab_size=2, **flag)) is None, flag
         assert family_of(ModelConfig(vocab_size=99, type_vocab_size=0, **flag)) is None, flag
+    assert family_of(ModelConfig(vocab_size=99, norm_position="pre", final_norm=True, embedding_norm=False, lm_head_transform=False,
+                                 lm_head_bias=False, norm="rms")) is None
 
 
 def test_settings_without_an_hf_counterpart_are_refused_on_export(tmp_path, cache_dir):
@@ -299,8 +312,8 @@ def test_clear_errors_for_directories_lit_ptm_cannot_read(tmp_path):
         main(["import", str(not_hf), "--out", str(tmp_path / "run")])
     hf_dir = tmp_path / "t5"
     hf_dir.mkdir()
-    (hf_dir / "config.json").write_text(json.dumps({"model_type": "t5", "vocab_size": 10}))
-    with pytest.raises(HFError, match=r"model_type 't5' is not one lit_ptm maps \(it maps bert, roberta, albert, gpt2\)"):
+    (hf_dir / "config.json").write_text(json.dumps({"model_type": "xlnet", "vocab_size": 10}))
+    with pytest.raises(HFError, match=r"model_type 'xlnet' is not one lit_ptm maps \(it maps bert, roberta, albert, gpt2, t5, bart\)"):
         read_hf_dir(hf_dir)
     bert = tmp_path / "bert"
     hf_model("bert", bert)
@@ -447,3 +460,314 @@ def test_extractive_qa_names_the_tokens_gpt2_lacks(tmp_path, cache_dir):
         run_cli(["fit", "--config", str(CONFIGS / "finetune/qa.yaml"), "--config", str(CONFIGS / "finetune/tiny.yaml"),
                  "--model.init_args.pretrained", str(tmp_path / "gpt2"), "--trainer.default_root_dir", str(tmp_path / "qa"),
                  "--trainer.enable_progress_bar", "false"])
+
+
+# -- encoder-decoders: T5 (v1.0, v1.1 / flan-t5) and BART ----------------------------------------------------
+T5_TINY = {"d_model": 32, "d_kv": 8, "num_heads": 4, "d_ff": 48, "num_layers": 2, "num_decoder_layers": 3,
+           "relative_attention_num_buckets": 8, "relative_attention_max_distance": 12}  # short inputs reach the log buckets
+BART_TINY = {"d_model": 32, "encoder_layers": 2, "decoder_layers": 3, "encoder_attention_heads": 4, "decoder_attention_heads": 4,
+             "encoder_ffn_dim": 48, "decoder_ffn_dim": 48, "max_position_embeddings": 40}
+MAX_DIFF: dict[str, float] = {}  # the largest logit difference each test measured (printed with -s)
+
+
+def hf_seq2seq(family, directory, seed=0, released=False, **overrides):
+    """A random tiny T5ForConditionalGeneration / BartForConditionalGeneration, saved with its tokenizer, as HF reads it back.
+    ``tie_word_embeddings=False``: a head of its own (flan-t5); ``released``: config.json as flan-t5's on the hub
+    (tie_word_embeddings false, no scale_decoder_outputs), not as transformers 5 writes it."""
+    torch.manual_seed(seed)
+    tok = hf_tokenizer(family, directory)
+    V = len(tok)
+    if family == "t5":
+        config = transformers.T5Config(**{"vocab_size": V, "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
+                                          "decoder_start_token_id": tok.pad_token_id, **T5_TINY, **overrides})
+        model = transformers.T5ForConditionalGeneration(config)
+    else:
+        config = transformers.BartConfig(**{"vocab_size": V, "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
+                                            "eos_token_id": tok.eos_token_id, "decoder_start_token_id": tok.eos_token_id,
+                                            "forced_eos_token_id": None, **BART_TINY, **overrides})
+        model = transformers.BartForConditionalGeneration(config)
+    if overrides.get("tie_word_embeddings") is False and model.lm_head.weight is model.get_input_embeddings().weight:
+        model.lm_head.weight = torch.nn.Parameter(torch.empty(V, config.d_model))  # transformers 5 ties T5's head whatever the config
+        model.all_tied_weights_keys.pop("lm_head.weight")
+    with torch.no_grad():  # every parameter random (norms, relative biases, final_logits_bias too)
+        for p in [*model.parameters(), *(b for n, b in model.named_buffers() if n == "final_logits_bias")]:
+            p.normal_(0, 0.2)
+        for stack in (model.get_encoder(), model.get_decoder()):  # one table (transformers 5 keeps three for an untied BART)
+            stack.embed_tokens.weight.copy_(model.get_input_embeddings().weight)
+    model.eval().save_pretrained(directory)
+    if released:
+        written = json.loads((directory / "config.json").read_text())
+        written.pop("scale_decoder_outputs")
+        written["tie_word_embeddings"] = False
+        (directory / "config.json").write_text(json.dumps(written))
+    return transformers.AutoModelForSeq2SeqLM.from_pretrained(directory).eval(), tok
+
+
+def seq2seq_batch(tok, start_id):
+    """Source and decoder input (the start token, then a target), both padded, with their masks."""
+    src = tok(["the module number 12 defines the name 5, and returns 36 values.", "Hi!"], padding=True, return_tensors="pt",
+              add_special_tokens=False)
+    tgt = tok(["the name 5 defines 36 values, and the module 7 returns the number 12.", "module"], padding=True, return_tensors="pt",
+              add_special_tokens=False)
+    ids, mask = src["input_ids"], src["attention_mask"]
+    dec = torch.cat([torch.full((2, 1), start_id), tgt["input_ids"]], 1)
+    dec_mask = torch.cat([torch.ones(2, 1, dtype=torch.long), tgt["attention_mask"]], 1)
+    assert not mask.all() and not dec_mask.all() and min(ids.size(1), dec.size(1)) > 12  # padded; past max_distance
+    return ids, mask, dec, dec_mask
+
+
+def seq2seq_logits(module, hf, batch_):
+    ids, mask, dec, dec_mask = batch_
+    with torch.no_grad():
+        ours = module(ids, dec, mask, dec_mask)
+        theirs = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, decoder_attention_mask=dec_mask).logits
+    assert ours.shape == theirs.shape
+    return ours, theirs, (ours - theirs).abs().max().item()  # every decoder position, padding too
+
+
+def lit_seq2seq(pretrained):
+    from lit_ptm import objectives
+
+    module = getattr(objectives, pretrained.objective)(config=pretrained.config)
+    module.configure_model()
+    module.load_state_dict(pretrained.state_dict, strict=True)
+    return module.eval()
+
+
+SEQ2SEQ_VARIANTS = [  # (family, HF config overrides, config.json as released)
+    ("t5", {}, False),  # T5 v1.0: relu, tied head, decoder output scaled by d_model^-0.5
+    ("t5", {"feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}, False),  # v1.1 / flan-t5 as transformers 5 saves it
+    ("t5", {"feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}, True),  # ... and as the hub has it
+    ("t5", {"feed_forward_proj": "gated-silu", "layer_norm_epsilon": 1e-3, "num_decoder_layers": 2}, False),
+    ("bart", {}, False),
+    ("bart", {"scale_embedding": True, "activation_function": "relu", "tie_word_embeddings": False, "decoder_layers": 2}, False),
+]
+
+
+@pytest.mark.parametrize("family, overrides, released", SEQ2SEQ_VARIANTS,
+                         ids=lambda v: v if isinstance(v, str) else ("released" if v is True else "-".join(f"{k}={x}" for k, x in v.items())
+                                                                     if isinstance(v, dict) else "") or "default")
+def test_hf_seq2seq_to_lit_ptm_logits_match_and_round_trip_is_exact(family, overrides, released, tmp_path):
+    from lit_ptm import objectives
+    from lit_ptm.pretrained import load_pretrained
+
+    hf_dir = tmp_path / "hf"
+    hf, tok = hf_seq2seq(family, hf_dir, released=released, **overrides)
+    pretrained = load_pretrained(hf_dir)
+    assert (pretrained.objective, pretrained.backbone, pretrained.causal) == ({"t5": "T5", "bart": "BART"}[family], "encoder", False)
+    config = pretrained.config
+    untied = overrides.get("tie_word_embeddings") is False
+    assert config.tie_word_embeddings is not untied
+    if family == "t5":
+        assert config.lm_head_scale is not untied and hf.config.scale_decoder_outputs is not untied
+        assert config.feed_forward == ("gated" if "gated" in overrides.get("feed_forward_proj", "") else "dense")
+        assert (config.num_layers, config.num_decoder_layers or config.num_layers) == (2, overrides.get("num_decoder_layers", 3))
+    else:
+        assert (config.position_offset, config.max_position_embeddings) == (2, 42)
+        assert config.scale_embeddings is bool(overrides.get("scale_embedding"))
+    module = lit_seq2seq(pretrained)
+    batch_ = seq2seq_batch(tok, hf.config.decoder_start_token_id)
+    ours, theirs, diff = seq2seq_logits(module, hf, batch_)
+    MAX_DIFF[f"import {family} {overrides} released={released}"] = diff
+    assert diff < 1e-5
+    # The tokenizer by role (T5: pad, eos, unk and its sentinels; BART: RoBERTa's roles).
+    ours_tok = Tokenizer.load(hf_dir / "tokenizer.json")
+    assert ours_tok.vocab_size == len(tok) and (ours_tok.ids.pad, ours_tok.ids.eos) == (tok.pad_token_id, tok.eos_token_id)
+    if family == "t5":
+        assert ours_tok.hf.token_to_id("<extra_id_0>") == tok.convert_tokens_to_ids("<extra_id_0>")
+    # import: a T5 / BART run whose encoder is the backbone; the objective continues from it with the same logits.
+    run = import_hf(hf_dir, tmp_path / "run")
+    meta = torch.load(run / "last.ckpt", weights_only=True)
+    start = {"t5": "pad", "bart": "eos"}[family]
+    assert meta["lit_ptm"]["backbone"] == "encoder" and meta["lit_ptm"]["stacks"] == ["encoder", "decoder"]
+    assert meta["lit_ptm"]["decoder_start"] == meta["hyper_parameters"]["decoder_start"] == start
+    assert getattr(ours_tok.ids, start) == hf.config.decoder_start_token_id
+    assert f"class_path: lit_ptm.objectives.{pretrained.objective}" in (run / "config.yaml").read_text()
+    continued = getattr(objectives, pretrained.objective)(pretrained=str(run))
+    continued.configure_model()
+    with torch.no_grad():
+        assert torch.equal(continued.eval()(batch_[0], batch_[2], batch_[1], batch_[3]), ours)
+    # HF -> import -> export -> HF: every parameter back unchanged, in the same class.
+    back, cls = export_hf(run, tmp_path / "back")
+    assert cls == type(hf).__name__
+    again = transformers.AutoModelForSeq2SeqLM.from_pretrained(back).eval()
+    original, returned = hf.state_dict(), again.state_dict()
+    assert original.keys() == returned.keys()
+    for key in original:
+        assert torch.equal(original[key], returned[key]), key
+    if family == "t5":
+        assert again.config.scale_decoder_outputs == hf.config.scale_decoder_outputs
+        assert json.loads((back / "config.json").read_text())["tie_word_embeddings"] is not untied
+    assert transformers.AutoTokenizer.from_pretrained(back)(SENTENCES[0], add_special_tokens=False)["input_ids"] == \
+        tok(SENTENCES[0], add_special_tokens=False)["input_ids"]
+
+
+def seq2seq_checkpoint(tmp_path, cls, config, tok, **kw):
+    """An encoder-decoder objective with random weights, saved as lit_ptm saves it (meta, plain hyper-parameters)."""
+    torch.manual_seed(1)
+    module = cls(config=config, **kw)
+    module.configure_model()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, 0.2)
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(checkpoint)
+    run = tmp_path / "run"
+    run.mkdir(parents=True)
+    torch.save(checkpoint, run / "last.ckpt")
+    tok.save(run / "tokenizer.json")
+    return module.eval(), run, checkpoint["lit_ptm"]["family"]
+
+
+SEQ2SEQ_BASE = dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=48, max_position_embeddings=40, dropout=0.0,
+                    attention_dropout=0.0, lm_head_transform=False, type_vocab_size=0)
+T5_FLAGS = dict(position_embedding="relative", norm="rms", norm_position="pre", embedding_norm=False, final_norm=True, bias=False,
+                lm_head_bias=False, scale_attention=False, norm_eps=1e-6, relative_buckets=8, relative_max_distance=12)
+LIT_SEQ2SEQ = [  # (objective, config flags, the HF family it exports to)
+    ("T5", {**T5_FLAGS, "activation": "relu", "lm_head_scale": True, "num_decoder_layers": 3}, "t5"),
+    ("T5", {**T5_FLAGS, "activation": "gelu_tanh", "feed_forward": "gated", "tie_word_embeddings": False}, "t5"),
+    ("T5", {**T5_FLAGS, "activation": "silu", "feed_forward": "gated", "tie_word_embeddings": False, "lm_head_scale": True}, "t5"),
+    ("BART", {"position_offset": 2, "max_position_embeddings": 42, "norm_eps": 1e-5, "scale_embeddings": True, "num_decoder_layers": 1},
+     "bart"),
+    ("MASS", {"norm_eps": 1e-5, "tie_word_embeddings": False, "activation": "relu"}, "bart"),  # position_offset 0: 2 rows added
+    ("BART", {"position_offset": 5, "max_position_embeddings": 45, "norm_eps": 1e-5}, "bart"),  # 3 unused rows dropped
+]
+
+
+@pytest.mark.parametrize("objective, flags, family", LIT_SEQ2SEQ, ids=lambda v: v if isinstance(v, str) else "-".join(
+    f"{k}={x}" for k, x in v.items() if k not in T5_FLAGS and k != "norm_eps"))
+def test_a_lit_ptm_seq2seq_run_exported_gives_the_same_logits_in_hf(objective, flags, family, tmp_path):
+    from lit_ptm import objectives
+    from lit_ptm.nn import ModelConfig
+    from lit_ptm.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(SENTENCES, "wordpiece", 300)
+    config = ModelConfig(vocab_size=tok.vocab_size, **{**SEQ2SEQ_BASE, **flags})
+    module, run, recorded = seq2seq_checkpoint(tmp_path, getattr(objectives, objective), config, tok)
+    assert recorded == family
+    out, cls = export_hf(run, tmp_path / "hf")
+    assert cls == {"t5": "T5ForConditionalGeneration", "bart": "BartForConditionalGeneration"}[family]
+    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+    assert type(hf).__name__ == cls
+    start = getattr(tok.ids, module.decoder_start)
+    assert hf.config.decoder_start_token_id == start and hf.config.eos_token_id == module.end_of_target(tok.ids)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    _, _, diff = seq2seq_logits(module, hf, seq2seq_batch(hf_tok, start))
+    MAX_DIFF[f"export {objective} {flags}"] = diff
+    assert diff < 1e-5
+    # HF's tokenizer frames a text as the objective frames a source.
+    text = hf_tok("the module")["input_ids"]
+    plain = hf_tok("the module", add_special_tokens=False)["input_ids"]
+    assert text == module.frame_source(plain, tok.ids)
+    # Back again: the same logits in lit_ptm.
+    run_back = import_hf(out, tmp_path / "back")
+    from lit_ptm.pretrained import load_pretrained
+
+    again = lit_seq2seq(load_pretrained(run_back))
+    batch_ = seq2seq_batch(hf_tok, start)
+    with torch.no_grad():
+        assert (again(batch_[0], batch_[2], batch_[1], batch_[3]) - module(batch_[0], batch_[2], batch_[1], batch_[3])).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_fine_tuning_and_continued_pretraining_start_from_an_hf_seq2seq_directory(family, tmp_path):
+    """``--model.pretrained HF_DIR``: the T5 / BART objective takes both stacks and the head; a fine-tuning task
+    takes the encoder, which computes what HF's encoder does."""
+    from lit_ptm import objectives
+    from lit_ptm.tasks import TokenClassification
+
+    hf_dir = tmp_path / "hf"
+    hf, tok = hf_seq2seq(family, hf_dir)
+    batch_ = seq2seq_batch(tok, hf.config.decoder_start_token_id)
+    continued = getattr(objectives, {"t5": "T5", "bart": "BART"}[family])(pretrained=str(hf_dir))
+    continued.configure_model()
+    _, _, diff = seq2seq_logits(continued.eval(), hf, batch_)
+    MAX_DIFF[f"continued {family}"] = diff
+    assert diff < 1e-5 and continued.started_from == str(hf_dir)
+    task = TokenClassification(pretrained=str(hf_dir), labels=["O", "B-X", "I-X"])
+    task.configure_model()
+    ids, mask = batch_[0], batch_[1]
+    with torch.no_grad():
+        ours = task.eval().encode({"input_ids": ids, "attention_mask": mask})
+        theirs = hf.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    diff = (ours[real] - theirs[real]).abs().max().item()
+    MAX_DIFF[f"fine-tuning encoder {family}"] = diff
+    assert diff < 1e-5
+
+
+def test_a_bart_directory_fine_tunes_through_the_cli(tmp_path, cache_dir):
+    """BART's tokenizer has <s> / </s> as [CLS] / [SEP]: a classifier fine-tunes its encoder straight from the HF directory."""
+    hf_dir = tmp_path / "hf"
+    hf_seq2seq("bart", hf_dir)
+    fine = run_cli(["fit", "--config", str(CONFIGS / "finetune/classify.yaml"), "--config", str(CONFIGS / "finetune/tiny.yaml"),
+                    "--model.init_args.pretrained", str(hf_dir), "--trainer.default_root_dir", str(tmp_path / "ft"),
+                    "--trainer.max_steps", "2", "--data.init_args.train_examples", "64", "--data.init_args.max_length", "32",
+                    "--trainer.enable_progress_bar", "false"])
+    assert fine.trainer.global_step == 2 and fine.model.started_from == str(hf_dir)
+    assert fine.model.transformer.config.position_offset == 2
+    # The fine-tuned encoder records its family, but HF has no BART class that classifies with the encoder alone.
+    assert torch.load(tmp_path / "ft" / "last.ckpt", weights_only=True)["lit_ptm"]["family"] == "bart"
+    with pytest.raises(HFError, match="a bart model with the classify head has no HF class"):
+        export_hf(tmp_path / "ft", tmp_path / "back")
+
+
+def test_seq2seq_settings_lit_ptm_cannot_compute_exactly_are_refused(tmp_path):
+    from lit_ptm import objectives
+    from lit_ptm.hf import family_of
+    from lit_ptm.nn import ModelConfig
+    from lit_ptm.tokenizer import train_tokenizer
+
+    for family, overrides, message in (
+        ("t5", {"d_kv": 16}, r"d_kv=16 with num_heads=4 is not d_model=32"),
+        ("t5", {"feed_forward_proj": "gated-gelu_fast"}, r"feed_forward_proj='gated-gelu_fast': 'gelu_fast' has no exact counterpart"),
+        ("bart", {"decoder_attention_heads": 2}, r"encoder_attention_heads=4 differs from decoder_attention_heads=2"),
+        ("bart", {"decoder_ffn_dim": 64}, r"encoder_ffn_dim=48 differs from decoder_ffn_dim=64"),
+    ):
+        hf_seq2seq(family, tmp_path / family, **overrides)
+        with pytest.raises(HFError, match=message):
+            read_hf_dir(tmp_path / family)
+    # mBART's pre-LN settings in an older BART config.json: refused, not silently read as BART.
+    mbart = tmp_path / "mbart"
+    hf_seq2seq("bart", mbart)
+    written = json.loads((mbart / "config.json").read_text())
+    (mbart / "config.json").write_text(json.dumps({**written, "normalize_before": True, "add_final_layer_norm": True}))
+    with pytest.raises(HFError, match=r"normalize_before=True is not mapped"):
+        read_hf_dir(mbart)
+    # An encoder alone (T5EncoderModel) is no T5 run to import; fine-tuning takes it.
+    encoder = tmp_path / "encoder"
+    tok = hf_tokenizer("t5", encoder)
+    transformers.T5EncoderModel(transformers.T5Config(vocab_size=len(tok), **T5_TINY)).save_pretrained(encoder)
+    with pytest.raises(HFError, match="holds no decoder and LM head"):
+        import_hf(encoder, tmp_path / "run")
+    read = read_hf_dir(encoder)
+    assert read.stacks == ("encoder",) and not any(k.startswith("decoder.") for k in read.state_dict)
+    # Export: a gated feed-forward with exact gelu (T5's gated-gelu is gelu_tanh); an encoder-only MLM head on a BART-like stack.
+    lit_tok = train_tokenizer(SENTENCES, "wordpiece", 300)
+    config = ModelConfig(vocab_size=lit_tok.vocab_size, **{**SEQ2SEQ_BASE, **T5_FLAGS, "feed_forward": "gated", "activation": "gelu"})
+    _, run, recorded = seq2seq_checkpoint(tmp_path / "gelu", objectives.T5, config, lit_tok)
+    assert recorded is None
+    with pytest.raises(HFError, match=r"nearest t5, which differs in model.config.activation='gelu' with feed_forward='gated'"):
+        export_hf(run, tmp_path / "hf-gelu")
+    bart_like = ModelConfig(vocab_size=lit_tok.vocab_size, **{**SEQ2SEQ_BASE, "norm_eps": 1e-5, "position_offset": 2})
+    assert family_of(bart_like) == "bart"
+    _, run, recorded = seq2seq_checkpoint(tmp_path / "mlm", objectives.MaskedLM, bart_like, lit_tok)
+    with pytest.raises(HFError, match="a bart model with the mlm head has no HF class"):
+        export_hf(run, tmp_path / "hf-mlm")
+    assert family_of(ModelConfig(vocab_size=99, **{**SEQ2SEQ_BASE, "norm_eps": 1e-6})) is None  # BART's LayerNorm eps is fixed
+    # Encoder and decoder token tables that differ (transformers 5 keeps three tables for an untied BART): lit_ptm shares one.
+    from safetensors.torch import load_file, save_file
+
+    untied = tmp_path / "untied"
+    hf_seq2seq("bart", untied, tie_word_embeddings=False)
+    weights = load_file(untied / "model.safetensors")
+    weights["model.decoder.embed_tokens.weight"] = weights["model.decoder.embed_tokens.weight"] + 1
+    save_file(weights, untied / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(HFError, match="the encoder's and the decoder's token tables"):
+        read_hf_dir(untied)
+
+
+def test_report_max_logit_differences():
+    """Runs last: the largest difference each parity test measured (pytest -s shows them)."""
+    for name, diff in MAX_DIFF.items():
+        print(f"{diff:.2e}  {name}")
