@@ -712,6 +712,42 @@ def test_a_bart_directory_fine_tunes_through_the_cli(tmp_path, cache_dir):
         export_hf(tmp_path / "ft", tmp_path / "back")
 
 
+@pytest.mark.parametrize("recipe, hf_class", [("t5", "T5ForConditionalGeneration"), ("bart", "BartForConditionalGeneration")])
+def test_a_trained_t5_or_bart_recipe_run_exported_gives_the_same_logits_in_hf(recipe, hf_class, tmp_path, cache_dir):
+    from lit_ptm.pretrained import load_pretrained
+
+    root = tmp_path / recipe
+    run_cli(["fit", *tiny_args(recipe, root, "--trainer.max_steps", "5", "--trainer.limit_val_batches", "0")])
+    meta = torch.load(root / "last.ckpt", weights_only=True)["lit_ptm"]
+    assert (meta["family"], meta["backbone"]) == (recipe, "encoder")
+    out, cls = export_hf(root, tmp_path / "hf")
+    assert cls == hf_class
+    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    module = lit_seq2seq(load_pretrained(root))
+    _, _, diff = seq2seq_logits(module, hf, seq2seq_batch(hf_tok, hf.config.decoder_start_token_id))
+    MAX_DIFF[f"export {recipe} recipe run"] = diff
+    assert diff < 1e-5
+    assert hf_tok.convert_ids_to_tokens(hf.config.decoder_start_token_id) == {"t5": "[PAD]", "bart": "[EOS]"}[recipe]
+
+
+def test_continued_bart_pretraining_from_an_hf_directory_and_a_mass_recipe_that_bart_cannot_hold(tmp_path, cache_dir):
+    hf_dir = tmp_path / "hf"
+    hf_seq2seq("bart", hf_dir)
+    args = ["--model.init_args.pretrained", str(hf_dir), "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0",
+            "--data.init_args.seq_length", "32"]
+    cli = run_cli(["fit", *tiny_args("bart", tmp_path / "continued", *args)])
+    assert cli.trainer.global_step == 3 and cli.model.started_from == str(hf_dir)
+    assert cli.model.config.hidden_size == 32 and cli.datamodule.tokenizer.vocab_size == cli.model.config.vocab_size
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    # MASS's recipe keeps BERT's LayerNorm eps (1e-12): HF's BART fixes 1e-5, so there is nothing to export it to.
+    root = tmp_path / "mass"
+    run_cli(["fit", *tiny_args("mass", root, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0")])
+    assert torch.load(root / "last.ckpt", weights_only=True)["lit_ptm"]["family"] is None
+    with pytest.raises(HFError, match=r"nearest bart, which differs in model.config.norm_eps=1e-12 \(bart has 1e-05\)"):
+        export_hf(root, tmp_path / "hf-mass")
+
+
 def test_seq2seq_settings_lit_ptm_cannot_compute_exactly_are_refused(tmp_path):
     from lit_ptm import objectives
     from lit_ptm.hf import family_of
