@@ -657,7 +657,7 @@ def export_hf(source, out, overwrite: bool = False) -> tuple[Path, str]:
         raise HFError(f"{path}: the model reads {'causally' if causal else 'bidirectionally'}, but HF's {family} reads "
                       f"{'causally' if family == 'gpt2' else 'bidirectionally'}: its predictions would differ")
     objective, heads, extra = meta["objective"], (), {}
-    if objective == "MaskedLM":
+    if objective in ("MaskedLM", "SpanBERT"):  # SpanBERT: the stack and MLM head (its boundary head has no HF place)
         heads = ("mlm", "pair") if hparams.get("pair_task", "none") != "none" else ("mlm",)
     elif objective == "CausalLM":
         heads = ("lm",)

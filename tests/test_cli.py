@@ -8,7 +8,10 @@ import torch
 
 from conftest import CONFIGS, ROOT, run_cli, run_module, scalars, tiny_args, write_corpus
 
-RECIPES = ["gpt", "bert", "roberta", "albert"]
+RECIPES = ["gpt", "bert", "roberta", "albert", "spanbert", "mass", "t5", "bart"]
+# The loss parts each recipe logs besides its loss (MLM + a second objective), and its accuracies.
+PARTS = {"bert": ("mlm", "nsp"), "albert": ("mlm", "sop"), "spanbert": ("mlm", "sbo")}
+ACCURACIES = {"gpt": (), "mass": ("lm",), "t5": ("lm",), "bart": ("lm",)}
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -25,15 +28,15 @@ def test_recipe_lowers_validation_loss_and_tests(recipe, tmp_path, cache_dir):
         assert (root / name).is_file(), name
     for tag in ("train/loss", "val/loss", "val/ppl", "train/lr", "train/tokens_per_sec"):
         assert scalars(root, tag), tag
-    if recipe != "gpt":
-        assert scalars(root, "val/mlm_acc") and scalars(root, "train/mlm_acc")
-    task = {"bert": "nsp", "albert": "sop"}.get(recipe)
-    if task:  # MLM + a pair task: each loss part and the pair accuracy
-        for tag in ("train/mlm_loss", f"train/{task}_loss", f"train/{task}_acc", f"val/{task}_loss", f"val/{task}_acc"):
+    for name in ACCURACIES.get(recipe, ("mlm",)):
+        assert scalars(root, f"val/{name}_acc") and scalars(root, f"train/{name}_acc"), name
+    parts = PARTS.get(recipe)
+    if parts:  # MLM + a second objective: each loss part and its accuracy
+        for tag in (*(f"{split}/{p}_loss" for p in parts for split in ("train", "val")), f"train/{parts[1]}_acc", f"val/{parts[1]}_acc"):
             assert scalars(root, tag), tag
     # `test` on held-out documents reports loss and perplexity.
     tested = run_cli(["test", *tiny_args(recipe, root), "--ckpt_path", str(root / "last.ckpt")]).trainer.callback_metrics
-    if task:  # loss = MLM + pair task; perplexity is the MLM part's
+    if parts:  # loss = MLM + the second part; perplexity is the MLM part's
         assert tested["test/ppl"].item() == pytest.approx(math.exp(tested["test/mlm_loss"].item()), rel=0.05)
         assert tested["test/ppl"].item() < math.exp(tested["test/loss"].item())
     else:

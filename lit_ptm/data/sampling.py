@@ -77,6 +77,10 @@ class SentenceWindows(Windows):
         if length < 3:
             raise ConfigError(f"data.seq_length={length} leaves no room for text between [CLS] and [SEP]")
         self.store, self.ids, self.budget = store, ids, length - 2
+        # The frame. A tokenizer without [CLS] / [SEP] (HF's T5) frames with padding / [EOS]: only an
+        # objective that strips the frame (T5's collator) accepts such a tokenizer (roles are checked first).
+        self.first = ids.cls if ids.cls is not None else ids.pad
+        self.separator = ids.sep if ids.sep is not None else ids.eos
         # Sentences of the split, in document order: global sentence index and owning document.
         first, last = store.doc_sents[doc_ids], store.doc_sents[doc_ids + 1]
         counts = last - first
@@ -115,15 +119,15 @@ class SentenceWindows(Windows):
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         a, b = self.windows[k]
-        ids, word_start, document = [[self.ids.cls]], [[1]], [[0]]
+        ids, word_start, document = [[self.first]], [[1]], [[0]]
         seg = 0
         for j in range(a, b):
             if j > a and self.piece_doc[j] != self.piece_doc[j - 1]:
-                ids.append([self.ids.sep]); word_start.append([1]); document.append([seg])
+                ids.append([self.separator]); word_start.append([1]); document.append([seg])
                 seg += 1
             s, e = self.piece_start[j], self.piece_stop[j]
             ids.append(self.store.tokens[s:e]); word_start.append(self.store.word_start[s:e]); document.append(np.full(e - s, seg))
-        ids.append([self.ids.sep]); word_start.append([1]); document.append([seg])
+        ids.append([self.separator]); word_start.append([1]); document.append([seg])
         # Each part appended above (the [CLS], a sentence piece, a [SEP]) is one sentence of its own.
         sizes = [len(part) for part in ids]
         return {

@@ -147,7 +147,7 @@ class T5(EncoderDecoderLM):
     span replaced by one sentinel in the input; the target is the sentinels each followed by their
     span, then [EOS]."""
 
-    window_roles = ("cls", "sep", "eos", "sentinels")
+    window_roles = ("eos", "sentinels")  # its collator strips the windows' frame: HF's T5 tokenizer has no [CLS] / [SEP]
 
     def __init__(self, config: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig(), noise_density: float = 0.15,
                  mean_span_length: float = 3.0, decoder_start: DecoderStart = "pad", pretrained: str | None = None,
