@@ -1,6 +1,8 @@
 """Encoder-decoder models on the shared stack (MASS, T5, BART) and SpanBERT's boundary head: the
 architecture flags T5 and BART need, leakage through the masks, the loss on handmade batches."""
 
+import math
+
 import pytest
 import torch
 
@@ -127,3 +129,51 @@ def test_span_boundary_objective_reads_the_tokens_outside_each_span():
     logits = m.lm_head.bias + states @ m.lm_head.output_weight.t()
     expected = torch.nn.functional.cross_entropy(logits, labels[labels != -100])
     torch.testing.assert_close(parts.parts["sbo"], expected, rtol=1e-5, atol=1e-6)
+
+
+# -- an encoder-decoder run's encoder fine-tunes like any encoder ------------------------------------------
+@pytest.fixture(scope="module")
+def seq2seq_runs(tmp_path_factory, cache_dir):
+    from conftest import run_cli, tiny_args
+
+    root = tmp_path_factory.mktemp("seq2seq")
+    for recipe in ("t5", "bart"):
+        run_cli(["fit", *tiny_args(recipe, root / recipe, "--trainer.max_steps", "30", "--trainer.limit_val_batches", "0")])
+    return root
+
+
+@pytest.mark.parametrize("recipe", ["t5", "bart"])
+@pytest.mark.parametrize("task", ["classify", "tag", "qa"])
+def test_the_encoder_of_an_encoder_decoder_run_fine_tunes_on_every_encoder_task(recipe, task, seq2seq_runs, tmp_path, monkeypatch):
+    from conftest import ROOT, run_cli
+    from test_finetune import keyword_dataset, ner_dataset, qa_dataset
+
+    monkeypatch.chdir(ROOT)
+    run = seq2seq_runs / recipe
+    make = {"classify": keyword_dataset, "tag": ner_dataset, "qa": qa_dataset}[task]
+    train, dev = make(tmp_path / "train.jsonl", 96, 0), make(tmp_path / "dev.jsonl", 24, 1)
+    cli = run_cli(["fit", "--config", f"configs/finetune/{task}.yaml", "--config", "configs/finetune/tiny.yaml",
+                   "--model.init_args.pretrained", str(run), "--trainer.default_root_dir", str(tmp_path / "ft"),
+                   "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+                   "--data.init_args.train_file", str(train), "--data.init_args.val_file", str(dev),
+                   "--data.init_args.max_length", "48", "--data.init_args.stride", "16", "--trainer.max_epochs", "1"])
+    assert cli.model.started_from == str(run / "last.ckpt") and not cli.model.reads_causally()
+    # The task's stack is the run's encoder, T5's relative buckets and RMSNorm included (it has trained one epoch).
+    state = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
+    encoder = {k[len("encoder."):]: v.shape for k, v in state.items() if k.startswith("encoder.")}
+    assert {k: v.shape for k, v in cli.model.transformer.state_dict().items()} == encoder
+    assert (recipe == "t5") == ("relative_bias.buckets.weight" in encoder)
+    assert math.isfinite(cli.trainer.callback_metrics["val/loss"].item())
+
+
+@pytest.mark.parametrize("recipe", ["t5", "bart"])
+def test_fine_tuning_starts_from_the_encoders_weights(recipe, seq2seq_runs):
+    from lit_ptm.tasks import SequenceClassification
+
+    run = seq2seq_runs / recipe
+    state = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
+    model = SequenceClassification(pretrained=str(run), labels=["a", "b"])
+    model.configure_model()
+    own = model.transformer.state_dict()
+    encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    assert own.keys() == encoder.keys() and all(torch.equal(own[k], encoder[k]) for k in own)
