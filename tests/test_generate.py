@@ -265,3 +265,25 @@ def test_encoder_decoder_stops_at_its_end_token_and_checks_its_lengths(copy_mode
         gen.generate(SOURCES, GenerationConfig(max_new_tokens=41))
     with pytest.raises(ConfigError, match="exceeds the encoder's 40 positions"):
         gen.generate([[5] * 41], GenerationConfig(max_new_tokens=4))
+
+
+@pytest.mark.parametrize("kind", ["t5", "bart"])
+def test_the_generate_subcommand_frames_an_encoder_decoders_source(kind, tmp_path, cache_dir, capsys):
+    """An encoder-decoder run: the prompt, framed as the objective framed its sources, is encoded; the decoder
+    writes from the start token the run recorded. What it prints is what the Generator gives for that source."""
+    from test_seq2seq import write_run
+
+    from lit_ptm.generate import load_generator, main
+
+    run = write_run(tmp_path / kind, kind)
+    generator, tokenizer, layout = load_generator(str(run))
+    ids = tokenizer.ids
+    text = tokenizer.hf.encode("alpha beta gamma", add_special_tokens=False).ids
+    assert layout(text) == ([*text, ids.eos] if kind == "t5" else [ids.cls, *text, ids.sep])
+    assert generator.model.start_id == (ids.pad if kind == "t5" else ids.eos)
+    assert generator.eos_id == (ids.eos if kind == "t5" else ids.sep)
+    new = generator.generate([layout(text)], GenerationConfig(max_new_tokens=5, stop_at_eos=False))[0]
+    assert main(["--ckpt_path", str(run), "--prompt", "alpha beta gamma", "--max_new_tokens", "5", "--no_stop_at_eos"]) == 0
+    assert capsys.readouterr().out.strip() == tokenizer.hf.decode(new).strip()
+    with pytest.raises(ConfigError, match="holds a MaskedLM run; generation needs a causal LM .* or an encoder-decoder"):
+        load_generator(str(write_run(tmp_path / "bert", "bert")))
