@@ -6,9 +6,10 @@ prompt is the source, encoded once; the decoder writes the target from its start
     lit-ptm generate --ckpt_path checkpoints/gpt --prompts_file prompts.jsonl --output completions.jsonl --num_beams 4
     lit-ptm generate --ckpt_path checkpoints/t5 --prompt "Return the sum of the values."
 
-One search serves both kinds of model: it asks a *session* (``CausalLM.start`` / ``EncoderDecoder.start``)
-for the log-probabilities of each row's next token, appends the tokens it picks, and keeps the rows
-(beams) it wants; how a model reads its rows, and what its cache holds, stays inside the session.
+One search serves both kinds of model: it asks a *session* (``CausalModel.start`` /
+``EncoderDecoderModel.start``) for the log-probabilities of each row's next token, appends the tokens
+it picks, and keeps the rows (beams) it wants; how a model reads its rows, and what its cache holds,
+stays inside the session.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _padded(rows: list[list[int]], pad_id: int, device, left: bool) -> tuple[tor
 
 
 @dataclass
-class CausalLM:
+class CausalModel:
     """A causal stack and its LM head: each prompt is the start of its row's sequence."""
 
     module: torch.nn.Module  # put in eval mode while generating
@@ -95,7 +96,7 @@ class _CausalSession:
     """Rows being extended: prompts left-padded (each row's positions start at its first real token);
     with a cache each step feeds only the tokens appended since the last, without one everything."""
 
-    def __init__(self, model: CausalLM, rows: list[list[int]], max_new_tokens: int, use_cache: bool):
+    def __init__(self, model: CausalModel, rows: list[list[int]], max_new_tokens: int, use_cache: bool):
         self.model = model
         self.ids, self.real = _padded(rows, model.pad_id, model.head.output_weight.device, left=True)  # (B, L)
         self.cache = model.stack.new_cache(len(rows), self.ids.size(1) + max_new_tokens) if use_cache else None
@@ -122,7 +123,7 @@ class _CausalSession:
 
 
 @dataclass
-class EncoderDecoder:
+class EncoderDecoderModel:
     """An encoder-decoder (``EncoderDecoderLM``'s API: ``encoder`` and ``decoder`` stacks,
     ``encode_source``, ``decode``, ``new_cache``) and its LM head: each prompt is a source, and the
     decoder writes a new sequence from ``start_id``."""
@@ -150,7 +151,7 @@ class _EncoderDecoderSession:
     start from the start token; with a cache, the encoder's cross-attention keys are computed at the
     first step and each step feeds only the new tokens."""
 
-    def __init__(self, model: EncoderDecoder, sources: list[list[int]], copies: int, max_new_tokens: int, use_cache: bool):
+    def __init__(self, model: EncoderDecoderModel, sources: list[list[int]], copies: int, max_new_tokens: int, use_cache: bool):
         self.model = model
         source, real = _padded(sources, model.pad_id, model.head.output_weight.device, left=False)  # (P, S)
         memory = model.module.encode_source(source, None if real.all() else real).hidden  # (P, S, H)
@@ -178,7 +179,7 @@ class _EncoderDecoderSession:
             self.cache.reorder(index)  # the cross-attention keys too
 
 
-def model_for_generation(module, pad_id: int, start_id: int | None = None) -> CausalLM | EncoderDecoder:
+def model_for_generation(module, pad_id: int, start_id: int | None = None) -> CausalModel | EncoderDecoderModel:
     """A pretraining objective as the search sees it: a causal LM (``module.causal``) or an encoder-decoder
     (``EncoderDecoderLM``, whose decoder starts from ``start_id``: ``module.decoder_start_id(tokenizer.ids)``)."""
     from lit_ptm.objectives.encoder_decoder import EncoderDecoderLM
@@ -187,11 +188,11 @@ def model_for_generation(module, pad_id: int, start_id: int | None = None) -> Ca
         if start_id is None:
             raise ConfigError("an encoder-decoder generates from its decoder's start token: give start_id "
                               "(module.decoder_start_id(tokenizer.ids))")
-        return EncoderDecoder(module, module.lm_head, start_id, pad_id)
+        return EncoderDecoderModel(module, module.lm_head, start_id, pad_id)
     if not getattr(module, "causal", False):
         raise ConfigError(f"generation needs a causal LM or an encoder-decoder; this run is a {type(module).__name__}, "
                           "which reads bidirectionally")
-    return CausalLM(module, module.stack(), module.lm_head, pad_id)
+    return CausalModel(module, module.stack(), module.lm_head, pad_id)
 
 
 def layout_ids(layout, ids, what: str) -> tuple[int, int]:
@@ -209,13 +210,13 @@ def layout_ids(layout, ids, what: str) -> tuple[int, int]:
 class Generator:
     """Generation with a causal LM or an encoder-decoder.
 
-    ``model``: a pretraining objective (see ``model_for_generation``), or a ``CausalLM`` /
-    ``EncoderDecoder`` made of any module's parts (a fine-tuning task's stacks). ``eos_id``: the token
+    ``model``: a pretraining objective (see ``model_for_generation``), or a ``CausalModel`` /
+    ``EncoderDecoderModel`` made of any module's parts (a fine-tuning task's stacks). ``eos_id``: the token
     that ends a sequence (an encoder-decoder's ``end_of_target``); None: none does.
     """
 
     def __init__(self, model, eos_id: int | None, pad_id: int, start_id: int | None = None):
-        self.model = model if isinstance(model, (CausalLM, EncoderDecoder)) else model_for_generation(model, pad_id, start_id)
+        self.model = model if isinstance(model, (CausalModel, EncoderDecoderModel)) else model_for_generation(model, pad_id, start_id)
         self.module = self.model.module
         self.eos_id, self.pad_id = eos_id, pad_id
 

@@ -11,7 +11,7 @@ import torch
 
 from conftest import run_cli, scalars
 from lit_ptm.nn import ModelConfig
-from lit_ptm.objectives import BART, T5, CausalLM, MaskedLM
+from lit_ptm.objectives import BART, MASS, T5, CausalLM, MaskedLM
 
 WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega value".split()
 TINY = dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=64, dropout=0.0,
@@ -21,6 +21,7 @@ CONFIGS = {
                            final_norm=True, bias=False, activation="relu", lm_head_transform=False, lm_head_bias=False,
                            scale_attention=False, lm_head_scale=True, norm_eps=1e-6, num_decoder_layers=3)),
     "bart": (BART, ModelConfig(**{**TINY, "max_position_embeddings": 66}, position_offset=2, lm_head_transform=False, norm_eps=1e-5)),
+    "mass": (MASS, ModelConfig(**TINY)),
     "gpt": (CausalLM, ModelConfig(**TINY, norm_position="pre", final_norm=True, embedding_norm=False, lm_head_transform=False,
                                   lm_head_bias=False)),
     "bert": (MaskedLM, ModelConfig(**TINY)),
@@ -89,7 +90,7 @@ def copy_files(tmp_path, monkeypatch):
 
 
 # -- layouts -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["t5", "bart", "gpt"])
+@pytest.mark.parametrize("kind", ["t5", "bart", "mass", "gpt"])
 def test_each_run_kind_lays_sources_and_targets_out_as_it_was_pretrained(kind, runs, tmp_path, copy_files, monkeypatch):
     from types import SimpleNamespace
 
@@ -110,10 +111,10 @@ def test_each_run_kind_lays_sources_and_targets_out_as_it_was_pretrained(kind, r
         assert (task.objective, task.decoder_start) == ("T5", "pad")
         assert f["source"].tolist() == [*words[:7], ids.eos] and f["target"].tolist() == [*words[:4], ids.eos]
         start = ids.pad
-    elif kind == "bart":  # [CLS] text [SEP]; the decoder starts from [EOS]
-        assert (task.objective, task.decoder_start) == ("BART", "eos")
+    elif kind in ("bart", "mass"):  # [CLS] text [SEP]; the decoder starts from [EOS] (BART) or [BOS] (MASS)
+        assert (task.objective, task.decoder_start) == (("BART", "eos") if kind == "bart" else ("MASS", "bos"))
         assert f["source"].tolist() == [ids.cls, *words[:6], ids.sep] and f["target"].tolist() == [ids.cls, *words[:3], ids.sep]
-        start = ids.eos
+        start = ids.eos if kind == "bart" else ids.bos
     else:  # source [SEP] target [EOS] in one sequence, max_target_length of room for the target
         assert task.objective is None and task.reads_causally()
         assert f["source"].tolist() == [*words[:2], ids.sep] and f["target"].tolist() == [*words[:4], ids.eos]
@@ -196,7 +197,8 @@ def test_finetuning_learns_a_copy_task_evaluates_by_generation_and_predicts(kind
     rows = [json.loads(line) for line in dev.read_text().splitlines()[:8]]
     sources = tmp_path / "sources.jsonl"
     sources.write_text("".join(json.dumps({"id": r["id"], "source": r["source"]}) + "\n" for r in rows))  # no targets
-    run_cli(["predict", *args(runs[kind], root, *data, "--data.init_args.predict_file", str(sources)), "--ckpt_path", str(root / "last.ckpt")])
+    run_cli(["predict", *args(runs[kind], root, *data, "--data.init_args.predict_file", str(sources)),
+             "--ckpt_path", str(root / "last.ckpt")])
     predictions = [json.loads(line) for line in (root / "predictions.jsonl").read_text().splitlines()]
     assert [p["id"] for p in predictions] == [r["id"] for r in rows] and all(isinstance(p["prediction"], str) for p in predictions)
     if kind == "bart":

@@ -23,7 +23,7 @@ from lit_ptm import objectives
 from lit_ptm.callbacks import CheckpointMismatchError
 from lit_ptm.data.collate.common import pad_windows
 from lit_ptm.errors import ConfigError
-from lit_ptm.generate import CausalLM, EncoderDecoder, GenerationConfig, Generator, layout_ids
+from lit_ptm.generate import CausalModel, EncoderDecoderModel, GenerationConfig, Generator, layout_ids
 from lit_ptm.nn import AttentionMask, LMHead, ModelConfig, Transformer
 from lit_ptm.objectives.base import OptimConfig
 from lit_ptm.objectives.encoder_decoder import DecoderStart, EncoderDecoderLM
@@ -157,7 +157,8 @@ class Seq2Seq(FinetuneTask):
                                       "exact_match": MeanMetric()})
         self.metrics = nn.ModuleDict({"val_": make(), "test_": make()})
         if self.encoder_decoder and self.max_target_length > self.decoder.config.max_length:
-            raise ConfigError(f"model.max_target_length={self.max_target_length} exceeds the decoder's {self.decoder.config.max_length} positions")
+            raise ConfigError(f"model.max_target_length={self.max_target_length} exceeds the decoder's "
+                              f"{self.decoder.config.max_length} positions")
 
     @staticmethod
     def _load(module: nn.Module, prefix: str, state: dict) -> None:
@@ -250,8 +251,8 @@ class Seq2Seq(FinetuneTask):
         ids = self.trainer.datamodule.tokenizer.ids
         if self.encoder_decoder:
             start, end = layout_ids(self.layout, ids, f"a {self.objective} model")
-            return Generator(EncoderDecoder(self, self.lm_head, start, ids.pad), eos_id=end, pad_id=ids.pad)
-        return Generator(CausalLM(self, self.transformer, self.lm_head, ids.pad), eos_id=ids.eos, pad_id=ids.pad)
+            return Generator(EncoderDecoderModel(self, self.lm_head, start, ids.pad), eos_id=end, pad_id=ids.pad)
+        return Generator(CausalModel(self, self.transformer, self.lm_head, ids.pad), eos_id=ids.eos, pad_id=ids.pad)
 
     def generate(self, sources: list[list[int]]) -> list[str]:
         """The generated text of each source (laid out as the features lay it out)."""
