@@ -27,7 +27,7 @@ from lit_ptm.rundir import RunLock, is_global_rank_zero, take_run_directory
 # Model settings that may change when a run resumes: the new value applies (with a warning). Every
 # other setting of the model must agree with the checkpoint: it was built with it.
 RESUMABLE = ("optim.", "config.dropout", "config.attention_dropout", "classifier_dropout", "predictions_file", "max_answer_tokens",
-             "compile")
+             "compile", "num_beams", "max_new_tokens", "length_penalty")
 # Build-time settings a resume ignores: the weights come from the checkpoint.
 IGNORED_ON_RESUME = ("pretrained", "from_scratch", "causal")
 # Run-level settings not worth a warning when they change between a run and its resume.
@@ -379,7 +379,7 @@ def main() -> None:
             from lit_ptm.hf import main as hf_main
 
             hf_main(sys.argv[1:])
-        elif sys.argv[1:2] == ["generate"]:  # a plain subcommand: continue prompts with a causal LM run
+        elif sys.argv[1:2] == ["generate"]:  # a plain subcommand: generate with a causal LM or an encoder-decoder run
             from lit_ptm.generate import main as generate_main
 
             generate_main(sys.argv[2:])

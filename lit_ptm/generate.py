@@ -1,8 +1,15 @@
-"""Text generation from a causal LM run: greedy, sampling (temperature, top-k, top-p) and beam search,
-over batched prompts (left padding), with the stack's KV cache.
+"""Text generation: greedy, sampling (temperature, top-k, top-p) and beam search, with the stack's KV
+cache, from a causal LM run (prompts are continued) or an encoder-decoder run (T5 / BART / MASS: the
+prompt is the source, encoded once; the decoder writes the target from its start token).
 
     lit-ptm generate --ckpt_path checkpoints/gpt --prompt "The import statement" --max_new_tokens 40
     lit-ptm generate --ckpt_path checkpoints/gpt --prompts_file prompts.jsonl --output completions.jsonl --num_beams 4
+    lit-ptm generate --ckpt_path checkpoints/t5 --prompt "Return the sum of the values."
+
+One search serves both kinds of model: it asks a *session* (``CausalModel.start`` /
+``EncoderDecoderModel.start``) for the log-probabilities of each row's next token, appends the tokens
+it picks, and keeps the rows (beams) it wants; how a model reads its rows, and what its cache holds,
+stays inside the session.
 """
 
 from __future__ import annotations
@@ -51,44 +58,172 @@ class GenerationConfig:
                 raise ConfigError(f"--{key}={getattr(self, key)}: {why}")
 
 
+# -- the two kinds of model, as the search sees them ---------------------------------------------------
+def _padded(rows: list[list[int]], pad_id: int, device, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """rows as ids (B, L) padded with ``pad_id`` on the left or the right, and where the real tokens are (B, L)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+    real = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+    for b, r in enumerate(rows):
+        span = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[b, span] = torch.tensor(r, dtype=torch.long, device=device)
+        real[b, span] = True
+    return ids, real
+
+
+@dataclass
+class CausalModel:
+    """A causal stack and its LM head: each prompt is the start of its row's sequence."""
+
+    module: torch.nn.Module  # put in eval mode while generating
+    stack: torch.nn.Module
+    head: torch.nn.Module
+    pad_id: int
+
+    def check(self, prompts: list[list[int]], max_new_tokens: int) -> None:
+        if any(len(p) == 0 for p in prompts):
+            raise ConfigError("an empty prompt: give at least one token (e.g. the tokenizer's EOS)")
+        longest = max(len(p) for p in prompts) + max_new_tokens
+        if longest > self.stack.config.max_length:
+            raise ConfigError(f"a prompt of {longest - max_new_tokens} tokens + {max_new_tokens} new ones exceeds "
+                              f"the model's {self.stack.config.max_length} positions")
+
+    def start(self, prompts: list[list[int]], copies: int, max_new_tokens: int, use_cache: bool) -> _CausalSession:
+        return _CausalSession(self, [p for p in prompts for _ in range(copies)], max_new_tokens, use_cache)
+
+
+class _CausalSession:
+    """Rows being extended: prompts left-padded (each row's positions start at its first real token);
+    with a cache each step feeds only the tokens appended since the last, without one everything."""
+
+    def __init__(self, model: CausalModel, rows: list[list[int]], max_new_tokens: int, use_cache: bool):
+        self.model = model
+        self.ids, self.real = _padded(rows, model.pad_id, model.head.output_weight.device, left=True)  # (B, L)
+        self.cache = model.stack.new_cache(len(rows), self.ids.size(1) + max_new_tokens) if use_cache else None
+        self.fed = 0
+
+    def logprobs(self) -> torch.Tensor:
+        """(B, V): the log-probabilities of each row's next token."""
+        positions = (self.real.long().cumsum(1) - 1).clamp(min=0)
+        mask = AttentionMask(causal=True, padding=None if self.real.all() else self.real)
+        start = self.fed if self.cache is not None else 0
+        hidden = self.model.stack(self.ids[:, start:], mask, position_ids=positions[:, start:], cache=self.cache).hidden
+        self.fed = self.ids.size(1)
+        return torch.log_softmax(self.model.head(hidden[:, -1]).float(), -1)
+
+    def append(self, token: torch.Tensor) -> None:
+        self.ids = torch.cat([self.ids, token[:, None]], 1)
+        self.real = torch.cat([self.real, torch.ones_like(self.real[:, :1])], 1)
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Row i becomes row ``index[i]`` (beam search: each surviving beam takes its parent's state)."""
+        self.ids, self.real = self.ids[index], self.real[index]
+        if self.cache is not None:
+            self.cache.reorder(index)
+
+
+@dataclass
+class EncoderDecoderModel:
+    """An encoder-decoder (``EncoderDecoderLM``'s API: ``encoder`` and ``decoder`` stacks,
+    ``encode_source``, ``decode``, ``new_cache``) and its LM head: each prompt is a source, and the
+    decoder writes a new sequence from ``start_id``."""
+
+    module: torch.nn.Module
+    head: torch.nn.Module
+    start_id: int
+    pad_id: int
+
+    def check(self, prompts: list[list[int]], max_new_tokens: int) -> None:
+        if any(len(p) == 0 for p in prompts):
+            raise ConfigError("an empty source: give at least one token (frame it as the model was trained: frame_source)")
+        source, target = self.module.encoder.config.max_length, self.module.decoder.config.max_length
+        if max(len(p) for p in prompts) > source:
+            raise ConfigError(f"a source of {max(len(p) for p in prompts)} tokens exceeds the encoder's {source} positions")
+        if max_new_tokens > target:  # the decoder reads its start token and all new tokens but the last
+            raise ConfigError(f"{max_new_tokens} new tokens exceed the decoder's {target} positions")
+
+    def start(self, prompts: list[list[int]], copies: int, max_new_tokens: int, use_cache: bool) -> _EncoderDecoderSession:
+        return _EncoderDecoderSession(self, prompts, copies, max_new_tokens, use_cache)
+
+
+class _EncoderDecoderSession:
+    """Sources right-padded and encoded once (their ``copies`` share the encoding); the decoder's rows
+    start from the start token; with a cache, the encoder's cross-attention keys are computed at the
+    first step and each step feeds only the new tokens."""
+
+    def __init__(self, model: EncoderDecoderModel, sources: list[list[int]], copies: int, max_new_tokens: int, use_cache: bool):
+        self.model = model
+        source, real = _padded(sources, model.pad_id, model.head.output_weight.device, left=False)  # (P, S)
+        memory = model.module.encode_source(source, None if real.all() else real).hidden  # (P, S, H)
+        self.memory = memory.repeat_interleave(copies, 0)  # (B, S, H)
+        self.source_mask = None if real.all() else real.repeat_interleave(copies, 0)
+        B = self.memory.size(0)
+        self.ids = torch.full((B, 1), model.start_id, dtype=torch.long, device=source.device)  # (B, T)
+        self.cache = model.module.new_cache(B, max_new_tokens + 1, source.size(1)) if use_cache else None
+        self.fed = 0
+
+    def logprobs(self) -> torch.Tensor:
+        start = self.fed if self.cache is not None else 0
+        hidden = self.model.module.decode(self.ids[:, start:], self.memory, self.source_mask, cache=self.cache).hidden
+        self.fed = self.ids.size(1)
+        return torch.log_softmax(self.model.head(hidden[:, -1]).float(), -1)
+
+    def append(self, token: torch.Tensor) -> None:
+        self.ids = torch.cat([self.ids, token[:, None]], 1)
+
+    def keep(self, index: torch.Tensor) -> None:
+        self.ids, self.memory = self.ids[index], self.memory[index]
+        if self.source_mask is not None:
+            self.source_mask = self.source_mask[index]
+        if self.cache is not None:
+            self.cache.reorder(index)  # the cross-attention keys too
+
+
+def model_for_generation(module, pad_id: int, start_id: int | None = None) -> CausalModel | EncoderDecoderModel:
+    """A pretraining objective as the search sees it: a causal LM (``module.causal``) or an encoder-decoder
+    (``EncoderDecoderLM``, whose decoder starts from ``start_id``: ``module.decoder_start_id(tokenizer.ids)``)."""
+    from lit_ptm.objectives.encoder_decoder import EncoderDecoderLM
+
+    if isinstance(module, EncoderDecoderLM):
+        if start_id is None:
+            raise ConfigError("an encoder-decoder generates from its decoder's start token: give start_id "
+                              "(module.decoder_start_id(tokenizer.ids))")
+        return EncoderDecoderModel(module, module.lm_head, start_id, pad_id)
+    if not getattr(module, "causal", False):
+        raise ConfigError(f"generation needs a causal LM or an encoder-decoder; this run is a {type(module).__name__}, "
+                          "which reads bidirectionally")
+    return CausalModel(module, module.stack(), module.lm_head, pad_id)
+
+
+def layout_ids(layout, ids, what: str) -> tuple[int, int]:
+    """An encoder-decoder layout's (decoder start id, end-of-target id) in a tokenizer's ``SpecialIds``,
+    once every special token its sources and targets are framed with is known to be there. ``layout``:
+    an ``EncoderDecoderLM`` (its ``decoder_start_id``, ``frame_source``, ``frame_target``, ``end_of_target``)."""
+    start = layout.decoder_start_id(ids)  # names the missing role itself
+    framed = [*layout.frame_source([], ids), *layout.frame_target([], ids), layout.end_of_target(ids)]
+    if None in framed:
+        roles = [r for r in ("cls", "sep", "eos", "bos") if getattr(ids, r) is None]
+        raise ConfigError(f"{what} frames its texts with special tokens this tokenizer lacks ({' / '.join(roles)})")
+    return start, layout.end_of_target(ids)
+
+
 class Generator:
-    """Generation with a causal objective's backbone and LM head (``module.stack()``, ``module.lm_head``)."""
+    """Generation with a causal LM or an encoder-decoder.
 
-    def __init__(self, module, eos_id: int | None, pad_id: int):
-        if not getattr(module, "causal", False):
-            raise ConfigError(f"generation needs a causal LM; this run is a {type(module).__name__}, which reads bidirectionally")
-        self.module, self.stack, self.head = module, module.stack(), module.lm_head
+    ``model``: a pretraining objective (see ``model_for_generation``), or a ``CausalModel`` /
+    ``EncoderDecoderModel`` made of any module's parts (a fine-tuning task's stacks). ``eos_id``: the token
+    that ends a sequence (an encoder-decoder's ``end_of_target``); None: none does.
+    """
+
+    def __init__(self, model, eos_id: int | None, pad_id: int, start_id: int | None = None):
+        self.model = model if isinstance(model, (CausalModel, EncoderDecoderModel)) else model_for_generation(model, pad_id, start_id)
+        self.module = self.model.module
         self.eos_id, self.pad_id = eos_id, pad_id
-
-    # -- the model, step by step ------------------------------------------------------------------
-    def _left_pad(self, prompts: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long, device=device)
-        real = torch.zeros(len(prompts), width, dtype=torch.bool, device=device)
-        for b, p in enumerate(prompts):
-            ids[b, width - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
-            real[b, width - len(p):] = True
-        return ids, real
-
-    def _next_logits(self, ids: torch.Tensor, real: torch.Tensor, cache, fed: int) -> torch.Tensor:
-        """Log-probabilities (B, V) of the token after ``ids``; with a cache, only ids[:, fed:] are fed."""
-        positions = (real.long().cumsum(1) - 1).clamp(min=0)  # left padding: each prompt's positions start at 0
-        mask = AttentionMask(causal=True, padding=None if real.all() else real)
-        if cache is None:
-            hidden = self.stack(ids, mask, position_ids=positions).hidden
-        else:
-            hidden = self.stack(ids[:, fed:], mask, position_ids=positions[:, fed:], cache=cache).hidden
-        return torch.log_softmax(self.head(hidden[:, -1]).float(), -1)
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], config: GenerationConfig) -> list[list[int]]:
         """The new tokens for each prompt (up to and including EOS when it stops there)."""
-        if any(len(p) == 0 for p in prompts):
-            raise ConfigError("an empty prompt: give at least one token (e.g. the tokenizer's EOS)")
-        longest = max(len(p) for p in prompts) + config.max_new_tokens
-        if longest > self.stack.config.max_length:
-            raise ConfigError(f"a prompt of {longest - config.max_new_tokens} tokens + {config.max_new_tokens} new ones exceeds "
-                              f"the model's {self.stack.config.max_length} positions")
+        self.model.check(prompts, config.max_new_tokens)
         was_training = self.module.training
         self.module.eval()
         try:
@@ -98,30 +233,22 @@ class Generator:
         finally:
             self.module.train(was_training)
 
-    def _new_cache(self, batch: int, length: int, config: GenerationConfig):
-        return self.stack.new_cache(batch, length) if config.use_cache else None
-
     def _sample(self, prompts: list[list[int]], config: GenerationConfig) -> list[list[int]]:
-        device = self.head.output_weight.device
-        ids, real = self._left_pad(prompts, device)
-        B = ids.size(0)
-        cache = self._new_cache(B, ids.size(1) + config.max_new_tokens, config)
+        rows = self.model.start(prompts, 1, config.max_new_tokens, config.use_cache)
+        device = self.model.head.output_weight.device
+        B = len(prompts)
         generator = torch.Generator(device=device).manual_seed(config.seed) if config.seed is not None else None
         done = torch.zeros(B, dtype=torch.bool, device=device)
         out: list[torch.Tensor] = []
-        fed = 0
         for _ in range(config.max_new_tokens):
-            logprobs = self._next_logits(ids, real, cache, fed)  # (B, V)
-            fed = ids.size(1)
-            token = self._pick(logprobs, config, generator)
+            token = self._pick(rows.logprobs(), config, generator)  # (B,)
             token = torch.where(done, self.pad_id, token)
             out.append(token)
             if config.stop_at_eos and self.eos_id is not None:
                 done |= token == self.eos_id
                 if done.all():
                     break
-            ids = torch.cat([ids, token[:, None]], 1)
-            real = torch.cat([real, torch.ones(B, 1, dtype=torch.bool, device=device)], 1)
+            rows.append(token)
         new = torch.stack(out, 1).tolist()
         return [self._trim(row) for row in new] if config.stop_at_eos else new
 
@@ -147,24 +274,22 @@ class Generator:
         return torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)[:, 0]
 
     def _beam_search(self, prompt: list[int], config: GenerationConfig) -> list[int]:
-        """Beam search for one prompt: K beams share the prompt; each step ranks the K x V extensions,
+        """Beam search for one prompt: K beams share the prompt (an encoder-decoder's source is encoded
+        once for all of them); each step ranks the K x V extensions,
         moves those ending in EOS (among the K best) to the finished list, keeps the K best others."""
-        K, device = config.num_beams, self.head.output_weight.device
-        ids, real = self._left_pad([prompt] * K, device)
-        cache = self._new_cache(K, ids.size(1) + config.max_new_tokens, config)
+        K, device = config.num_beams, self.model.head.output_weight.device
+        rows = self.model.start([prompt], K, config.max_new_tokens, config.use_cache)
         scores = torch.zeros(K, device=device)
         scores[1:] = float("-inf")  # the K copies of the prompt are one hypothesis until the first step
         finished: list[tuple[float, list[int]]] = []
         generated = torch.zeros(K, 0, dtype=torch.long, device=device)
-        fed = 0
         stop_at_eos = config.stop_at_eos and self.eos_id is not None
 
         def normalised(score: float, length: int) -> float:
             return score / (length ** config.length_penalty)
 
         for step in range(config.max_new_tokens):
-            logprobs = self._next_logits(ids, real, cache, fed)  # (K, V)
-            fed = ids.size(1)
+            logprobs = rows.logprobs()  # (K, V)
             V = logprobs.size(-1)
             candidates = (scores[:, None] + logprobs).flatten()  # (K * V)
             top_scores, top = candidates.topk(2 * K)
@@ -186,10 +311,8 @@ class Generator:
             scores = torch.tensor(keep_scores, device=device)
             token = torch.tensor(keep_tokens, device=device)
             generated = torch.cat([generated[index], token[:, None]], 1)
-            ids = torch.cat([ids[index], token[:, None]], 1)
-            real = torch.cat([real[index], torch.ones(K, 1, dtype=torch.bool, device=device)], 1)
-            if cache is not None:
-                cache.reorder(index)
+            rows.keep(index)
+            rows.append(token)
         # Running beams compete only when they ran to max_new_tokens (or too few ended): a beam cut short
         # by the K-th finished hypothesis is a prefix, not a candidate (HF's finalize does the same).
         ran_out = generated.size(1) == config.max_new_tokens or len(finished) < K
@@ -200,12 +323,17 @@ class Generator:
 
 # -- the subcommand -------------------------------------------------------------------------------------
 def load_generator(ckpt_path: str, device: str = "cpu"):
-    """A run (directory or checkpoint) as (Generator, tokenizer), read with weights_only=True."""
+    """A run (directory or checkpoint) as (Generator, tokenizer, prompt layout), read with weights_only=True.
+    The layout turns a prompt's token ids into the model's input: as they are for a causal LM, framed as
+    the objective framed its sources for an encoder-decoder (``frame_source``: T5 ``text [EOS]``, BART /
+    MASS ``[CLS] text [SEP]``)."""
+    import inspect
+
     from lit_ptm import objectives
+    from lit_ptm.hf import is_hf_dir
+    from lit_ptm.objectives.encoder_decoder import EncoderDecoderLM
     from lit_ptm.pretrained import read_run, tokenizer_of
     from lit_ptm.tokenizer import Tokenizer
-
-    from lit_ptm.hf import is_hf_dir
 
     if is_hf_dir(ckpt_path):
         raise ConfigError(f"--ckpt_path={ckpt_path} is an HF model directory: import it first "
@@ -213,22 +341,34 @@ def load_generator(ckpt_path: str, device: str = "cpu"):
     path, raw, config = read_run(ckpt_path, key="--ckpt_path")
     meta = raw["lit_ptm"]
     cls = getattr(objectives, meta["objective"], None)
-    if cls is None or not getattr(cls, "causal", False):
-        raise ConfigError(f"--ckpt_path={path} holds a {meta['objective']} run; generation needs a causal LM (e.g. configs/gpt.yaml)")
+    encoder_decoder = isinstance(cls, type) and issubclass(cls, EncoderDecoderLM)
+    if cls is None or not (encoder_decoder or getattr(cls, "causal", False)):
+        raise ConfigError(f"--ckpt_path={path} holds a {meta['objective']} run; generation needs a causal LM (e.g. configs/gpt.yaml) "
+                          "or an encoder-decoder (T5, BART, MASS)")
     tokenizer_file = tokenizer_of(path)
     if tokenizer_file is None:
         raise ConfigError(f"--ckpt_path={path}: no tokenizer.json beside it")
     tokenizer = Tokenizer.load(tokenizer_file)
-    module = cls(config)
+    ids = tokenizer.ids
+    if encoder_decoder:  # the decoder starts from the token the run recorded (its class's default before it did)
+        start = meta.get("decoder_start") or inspect.signature(cls).parameters["decoder_start"].default
+        module = cls(config, decoder_start=start)
+    else:
+        module = cls(config)
     module.configure_model()
     module.load_state_dict(raw["state_dict"])
     module.to(device)
-    ids = tokenizer.ids
-    return Generator(module, eos_id=ids.eos, pad_id=ids.pad if ids.pad is not None else (ids.eos or 0)), tokenizer
+    if encoder_decoder:
+        start_id, end_id = layout_ids(module, ids, f"a {meta['objective']} run")
+        generator = Generator(module, eos_id=end_id, pad_id=ids.pad, start_id=start_id)
+        return generator, tokenizer, lambda text: module.frame_source(text, ids)
+    generator = Generator(module, eos_id=ids.eos, pad_id=ids.pad if ids.pad is not None else (ids.eos or 0))
+    return generator, tokenizer, lambda text: text
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lit-ptm generate", description="Continue prompts with a causal LM run.")
+    parser = argparse.ArgumentParser(prog="lit-ptm generate", description="Continue prompts with a causal LM run, or "
+                                     "write the target of each prompt (the source) with an encoder-decoder run (T5, BART, MASS).")
     parser.add_argument("--ckpt_path", required=True, help="a run directory (its last.ckpt) or a checkpoint file")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="one prompt; its continuation is printed")
@@ -254,11 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.output and Path(args.output).exists() and not args.overwrite:
         raise LitPtmError(f"--output={args.output} exists: choose another file or pass --overwrite")
     records = [{"prompt": args.prompt}] if args.prompt is not None else read_prompts(args.prompts_file)
-    generator, tokenizer = load_generator(args.ckpt_path, args.device)
+    generator, tokenizer, layout = load_generator(args.ckpt_path, args.device)
     rows = []
     for start in range(0, len(records), args.batch_size):
         chunk = records[start : start + args.batch_size]
-        prompts = [tokenizer.hf.encode(r["prompt"], add_special_tokens=False).ids for r in chunk]
+        prompts = [layout(tokenizer.hf.encode(r["prompt"], add_special_tokens=False).ids) for r in chunk]
         if not all(prompts) and generator.eos_id is None:
             raise ConfigError("an empty prompt, and the tokenizer has no [EOS] to start from: give some text")
         prompts = [p or [generator.eos_id] for p in prompts]  # an empty prompt: a new text after end-of-text

@@ -27,6 +27,7 @@ class Pretrained:
     backbone: str  # the name of the objective's stack that others take, e.g. "transformer"
     tokenizer_sha: str | None
     causal: bool = False  # how the backbone was trained to read (GPT: causally)
+    decoder_start: str | None = None  # an encoder-decoder's decoder start role, as its checkpoint records it
 
     def backbone_state(self) -> dict[str, torch.Tensor]:
         prefix = self.backbone + "."
@@ -90,7 +91,7 @@ def load_pretrained(path: str | Path) -> Pretrained:
     return Pretrained(
         checkpoint=checkpoint, objective=meta["objective"], config=config, state_dict=raw["state_dict"],
         backbone=meta.get("backbone", "transformer"), tokenizer_sha=meta.get("tokenizer_sha"),
-        causal=reads_causally(meta),
+        causal=reads_causally(meta), decoder_start=meta.get("decoder_start"),
     )
 
 

@@ -176,3 +176,114 @@ def test_beam_search_returns_finished_hypotheses_not_prefixes_cut_short():
     p[3, eos] = 0.9  # now the chain ends: 0 -> 1 -> 3 -> EOS, then whatever follows EOS
     out = Generator(_MarkovLM(p), eos, 0).generate([[0]], GenerationConfig(max_new_tokens=5, stop_at_eos=False, use_cache=False))[0]
     assert len(out) == 5 and out[:2] == [1, 3] and out[2] == eos
+
+
+# -- encoder-decoders: the source is encoded once, the decoder steps with its cache --------------------
+START, END = 1, 3
+
+
+def copy_batch(g: torch.Generator, n: int = 32) -> dict:
+    """Sources of 3-8 tokens; the target is the source, then END; the decoder is fed START, then the target."""
+    lengths = torch.randint(3, 9, (n,), generator=g).tolist()
+    source, decoder_input, labels = torch.full((n, 8), PAD), torch.full((n, 9), PAD), torch.full((n, 9), -100)
+    for b, length in enumerate(lengths):
+        tokens = torch.randint(5, 40, (length,), generator=g)
+        source[b, :length], labels[b, :length], labels[b, length] = tokens, tokens, END
+        decoder_input[b, 0], decoder_input[b, 1 : length + 1] = START, tokens
+    return {"input_ids": source, "attention_mask": source != PAD, "decoder_input_ids": decoder_input, "labels": labels}
+
+
+@pytest.fixture(scope="module", params=["t5", "bart"])
+def copy_model(request):
+    """A tiny T5-like or BART-like model trained briefly to copy its source (BART learns it; T5 half-way):
+    a model whose tokens depend on the source, the position and the tokens before, unlike a random one's."""
+    from test_encoder_decoder import BART_LIKE, T5_LIKE
+
+    from lit_ptm.objectives import BART, T5
+
+    torch.manual_seed(0)
+    model = T5(config=T5_LIKE) if request.param == "t5" else BART(config=BART_LIKE)
+    model.configure_model()
+    opt, g = torch.optim.AdamW(model.parameters(), lr=1e-2), torch.Generator().manual_seed(0)
+    for _ in range(600):
+        model.loss_parts(copy_batch(g)).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
+SOURCES = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 20], [14, 15, 16, 17, 18]]  # different lengths: the batch is padded
+
+
+@pytest.mark.parametrize("config", [GenerationConfig(max_new_tokens=10), GenerationConfig(max_new_tokens=10, temperature=1.0, seed=3),
+                                    GenerationConfig(max_new_tokens=10, num_beams=3)], ids=["greedy", "sampling", "beam"])
+def test_encoder_decoder_cache_changes_nothing(copy_model, config):
+    gen = Generator(copy_model, None, PAD, start_id=START)
+    cached = gen.generate(SOURCES, config)
+    assert cached == gen.generate(SOURCES, GenerationConfig(**{**config.__dict__, "use_cache": False}))
+    assert all(len(row) == 10 for row in cached) and len({tuple(row) for row in cached}) == 3
+
+
+def test_encoder_decoder_greedy_is_the_argmax_of_the_full_forward_and_a_batch_is_its_rows(copy_model):
+    """Each greedy token is the argmax of the model's own teacher-forced logits (the decoder fed its start
+    token and the tokens before); padded sources in a batch give what each gives alone (greedy and beams)."""
+    gen = Generator(copy_model, END, PAD, start_id=START)
+    config = GenerationConfig(max_new_tokens=10)
+    batch = gen.generate(SOURCES, config)
+    assert batch == [gen.generate([s], config)[0] for s in SOURCES]
+    for source, new in zip(SOURCES, batch):
+        logits = copy_model(torch.tensor([source]), torch.tensor([[START, *new[:-1]]]))
+        assert logits[0].argmax(-1).tolist() == new
+    beams = GenerationConfig(max_new_tokens=10, num_beams=3)
+    assert gen.generate(SOURCES, beams) == [gen.generate([s], beams)[0] for s in SOURCES]
+
+
+def test_encoder_decoder_beam_one_is_greedy_and_wider_beams_score_at_least_as_high(copy_model):
+    gen = Generator(copy_model, None, PAD, start_id=START)
+    source = SOURCES[0]
+    greedy = gen.generate([source], GenerationConfig(max_new_tokens=8))[0]
+    assert gen.generate([source], GenerationConfig(max_new_tokens=8, num_beams=1))[0] == greedy
+
+    def log_likelihood(new):
+        logprobs = torch.log_softmax(copy_model(torch.tensor([source]), torch.tensor([[START, *new[:-1]]])), -1)[0]
+        return logprobs.gather(1, torch.tensor(new)[:, None]).sum().item()
+
+    beam = gen.generate([source], GenerationConfig(max_new_tokens=8, num_beams=4, length_penalty=0.0))[0]
+    assert len(beam) == 8 and log_likelihood(beam) >= log_likelihood(greedy) - 1e-5
+
+
+def test_encoder_decoder_stops_at_its_end_token_and_checks_its_lengths(copy_model):
+    gen = Generator(copy_model, END, PAD, start_id=START)
+    for config in (GenerationConfig(max_new_tokens=12), GenerationConfig(max_new_tokens=12, num_beams=3)):
+        rows = gen.generate(SOURCES, config)
+        assert all(row[-1] == END and END not in row[:-1] for row in rows)
+    if type(copy_model).__name__ == "BART":  # learnt: it copies each source, then ends
+        assert gen.generate(SOURCES, GenerationConfig(max_new_tokens=12, num_beams=3)) == [[*s, END] for s in SOURCES]
+    with pytest.raises(ConfigError, match="start_id"):
+        Generator(copy_model, END, PAD)
+    with pytest.raises(ConfigError, match="exceed the decoder's 40 positions"):
+        gen.generate(SOURCES, GenerationConfig(max_new_tokens=41))
+    with pytest.raises(ConfigError, match="exceeds the encoder's 40 positions"):
+        gen.generate([[5] * 41], GenerationConfig(max_new_tokens=4))
+
+
+@pytest.mark.parametrize("kind", ["t5", "bart"])
+def test_the_generate_subcommand_frames_an_encoder_decoders_source(kind, tmp_path, cache_dir, capsys):
+    """An encoder-decoder run: the prompt, framed as the objective framed its sources, is encoded; the decoder
+    writes from the start token the run recorded. What it prints is what the Generator gives for that source."""
+    from test_seq2seq import write_run
+
+    from lit_ptm.generate import load_generator, main
+
+    run = write_run(tmp_path / kind, kind)
+    generator, tokenizer, layout = load_generator(str(run))
+    ids = tokenizer.ids
+    text = tokenizer.hf.encode("alpha beta gamma", add_special_tokens=False).ids
+    assert layout(text) == ([*text, ids.eos] if kind == "t5" else [ids.cls, *text, ids.sep])
+    assert generator.model.start_id == (ids.pad if kind == "t5" else ids.eos)
+    assert generator.eos_id == (ids.eos if kind == "t5" else ids.sep)
+    new = generator.generate([layout(text)], GenerationConfig(max_new_tokens=5, stop_at_eos=False))[0]
+    assert main(["--ckpt_path", str(run), "--prompt", "alpha beta gamma", "--max_new_tokens", "5", "--no_stop_at_eos"]) == 0
+    assert capsys.readouterr().out.strip() == tokenizer.hf.decode(new).strip()
+    with pytest.raises(ConfigError, match="holds a MaskedLM run; generation needs a causal LM .* or an encoder-decoder"):
+        load_generator(str(write_run(tmp_path / "bert", "bert")))

@@ -140,6 +140,13 @@ class FinetuneTask(L.LightningModule):
     def build_head(self, pretrained_state: dict[str, torch.Tensor]) -> None:
         raise NotImplementedError
 
+    def demo_task(self, directory: Path) -> dict[str, Path]:
+        """The built-in task's train / val / test files (written once into ``directory``), used when
+        data.train_file is unset: which standard-library package a docstring comes from."""
+        from lit_ptm.tasks.demo import write_demo_task
+
+        return write_demo_task(directory)
+
     def text_fields(self, data) -> tuple[str, ...]:
         """The record fields that hold the input text (an empty one is reported, see data.empty_texts)."""
         return ()

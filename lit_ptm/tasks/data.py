@@ -24,8 +24,9 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
 
     Args:
         train_file, val_file, test_file, predict_file: JSONL, CSV or TSV files (``format``: auto
-            from the suffix). With no train_file: the built-in demo task (standard-library package
-            of a docstring), whose val and test files stand in for unset ones. CSV is RFC 4180 (quoted
+            from the suffix). With no train_file: the task's built-in demo task (classification and
+            the other tasks: the standard-library package of a docstring; Seq2Seq: a docstring's first
+            sentence from the rest of it), whose val and test files stand in for unset ones. CSV is RFC 4180 (quoted
             fields may hold commas and line breaks); every CSV/TSV row must have the header's number
             of fields. Class labels and tags are strings or integers (``1`` and ``"1"`` are one class).
         tsv_quoting: ``none`` (GLUE's TSV files): a ``"`` is an ordinary character and a field ends at
@@ -41,6 +42,7 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
         tokens_field, tags_field: token classification (a list of words and a list of tags).
         question_field, context_field, answers_field, id_field: extractive QA (SQuAD layout:
             answers = {"text": [...], "answer_start": [...]}).
+        source_field, target_field: sequence-to-sequence (``predict`` needs no target).
         stride: QA windows overlap by this many context tokens.
         train_examples: fine-tune on a random subset of this many training records (learning curves,
             few-shot runs), the same subset for every run with the same ``seed`` (this data seed, not
@@ -71,6 +73,8 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
         context_field: str = "context",
         answers_field: str = "answers",
         id_field: str = "id",
+        source_field: str = "source",
+        target_field: str = "target",
         stride: int = 32,
         train_examples: int | None = None,
         num_workers: int = 0,
@@ -96,6 +100,7 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
         self.text_field, self.text_pair_field, self.label_field = text_field, text_pair_field, label_field
         self.tokens_field, self.tags_field = tokens_field, tags_field
         self.question_field, self.context_field, self.answers_field, self.id_field = question_field, context_field, answers_field, id_field
+        self.source_field, self.target_field = source_field, target_field
         self.stride, self.num_workers, self.seed, self.train_examples = stride, num_workers, seed, train_examples
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.tokenizer: Tokenizer | None = None
@@ -112,11 +117,11 @@ class FinetuneDataModule(ResumableLoaders, L.LightningDataModule):
                 "(model.pretrained sets it to the run's tokenizer.json) or a tokenizer.json"
             )
         self.tokenizer = self.tokenizer or Tokenizer.load(self.tokenizer_path)
-        if self.files["train"] is None:
-            demo = write_demo_task(self.cache_dir / "tasks")
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if self.files["train"] is None:  # the task's built-in demo
+            demo = (module.demo_task if module is not None else write_demo_task)(self.cache_dir / "tasks")
             self.files = {**self.files, **{k: str(v) for k, v in demo.items() if self.files.get(k) is None}}
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}.get(stage, SPLITS)
-        module = self.trainer.lightning_module if self.trainer is not None else None
         if module is not None:
             module.require_special_tokens(self.tokenizer)
         for split in ("train", *wanted):  # the training records come first: they define the label set

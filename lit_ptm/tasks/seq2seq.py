@@ -1,0 +1,294 @@
+"""Sequence-to-sequence fine-tuning (summarisation, translation, any text -> text) on an encoder-decoder
+run (T5, BART, MASS) or a causal one (GPT).
+
+Encoder-decoder: the source is the encoder's input and the target the decoder's, both laid out as the
+run's objective laid out its texts (``frame_source`` / ``frame_target``: T5 ``text [EOS]``, BART and
+MASS ``[CLS] text [SEP]``); the decoder is fed its start token and the target shifted right, and the
+encoder, the decoder and the LM head all continue from the run. Causal: one sequence
+``source [SEP] target [EOS]`` (GPT's tokenizers have no [SEP]: ``[EOS]`` separates), read causally, the
+loss on the target tokens only; generation continues ``source [SEP]``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import cached_property
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.text import BLEUScore, ROUGEScore
+
+from lit_ptm import objectives
+from lit_ptm.callbacks import CheckpointMismatchError
+from lit_ptm.data.collate.common import pad_windows
+from lit_ptm.errors import ConfigError
+from lit_ptm.generate import CausalModel, EncoderDecoderModel, GenerationConfig, Generator, layout_ids
+from lit_ptm.nn import AttentionMask, LMHead, ModelConfig, Transformer
+from lit_ptm.objectives.base import OptimConfig
+from lit_ptm.objectives.encoder_decoder import DecoderStart, EncoderDecoderLM
+from lit_ptm.tasks.base import FINETUNE_OPTIM, FinetuneTask
+from lit_ptm.tasks.demo import write_summary_task
+from lit_ptm.tasks.features import IGNORE
+from lit_ptm.tasks.records import field
+
+ENCODER_DECODERS = tuple(name for name in objectives.__all__
+                         if isinstance(getattr(objectives, name), type) and issubclass(getattr(objectives, name), EncoderDecoderLM))
+
+
+class Seq2Seq(FinetuneTask):
+    """Text to text: records with a source and a target (``data.source_field`` / ``data.target_field``).
+
+    Training is teacher-forced cross-entropy on the target tokens (mean over tokens). Validation and
+    test also generate each target (greedy; ``num_beams`` > 1: beam search with ``length_penalty``;
+    at most ``max_new_tokens``, default ``max_target_length``) and log ROUGE-L (F-measure), BLEU
+    (4-gram, torchmetrics) and exact match, fractions in [0, 1], each against the reference as the
+    tokenizer writes it back (its decoding of the whole target: lower case for an uncased WordPiece,
+    say), so that normalisation is not counted as an error but truncation is. ``predict`` writes the
+    generated text per record. For layer-wise decay the decoder and LM head count as the head.
+
+    Args (beyond FinetuneTask's):
+        max_target_length: target tokens, its framing included (longer targets are truncated); a causal
+            model keeps this much room after the source, whose tokens are cut to fit ``data.max_length``.
+        num_beams, max_new_tokens, length_penalty: generation at validation, test and predict.
+        objective: the encoder-decoder objective whose layout and decoder start are used (T5, BART,
+            MASS, EncoderDecoderLM); None: the pretrained run's. Without a pretrained run and with
+            ``causal`` unset: a fresh encoder-decoder in EncoderDecoderLM's layout.
+        decoder_start: the decoder's start token (a tokenizer role); None: as the run recorded it, else
+            the objective's default (T5: pad, BART: eos, MASS: bos).
+
+    An encoder-only run (BERT, RoBERTa, ELECTRA) has no decoder and is refused.
+    """
+
+    def __init__(
+        self, pretrained: str | None = None, config: ModelConfig = ModelConfig(), optim: OptimConfig = FINETUNE_OPTIM,
+        layer_decay: float = 1.0, freeze_embeddings: bool = False, predictions_file: str | None = None,
+        from_scratch: bool = False, causal: bool | None = None,
+        max_target_length: int = 64, num_beams: int = 1, max_new_tokens: int | None = None, length_penalty: float = 1.0,
+        objective: str | None = None, decoder_start: DecoderStart | None = None,
+    ):
+        super().__init__(pretrained, config, optim, layer_decay, freeze_embeddings, predictions_file, from_scratch, causal)
+        if max_target_length < 2:
+            raise ConfigError(f"model.max_target_length={max_target_length} must be at least 2 (a token and the end of the target)")
+        if objective is not None and objective not in ENCODER_DECODERS:
+            raise ConfigError(f"model.objective={objective!r} is not one of {', '.join(ENCODER_DECODERS)}")
+        if decoder_start is not None and decoder_start not in DecoderStart.__args__:
+            raise ConfigError(f"model.decoder_start={decoder_start!r} is not one of {', '.join(DecoderStart.__args__)}")
+        for key, value in (("num_beams", num_beams), ("max_new_tokens", max_new_tokens or 1)):
+            if value < 1:
+                raise ConfigError(f"model.{key}={value} must be at least 1")
+        self.max_target_length, self.objective, self.decoder_start = max_target_length, objective, decoder_start
+        self.generation = GenerationConfig(max_new_tokens=max_new_tokens or max_target_length, num_beams=num_beams,
+                                           length_penalty=length_penalty)
+        self._generated = 0  # examples generated in this evaluation epoch
+
+    # -- which model: an encoder-decoder, or a causal LM ----------------------------------------------
+    def architecture(self) -> ModelConfig:
+        reading = self.pretrained is not None and self._run is None
+        config = super().architecture()
+        if reading:
+            self._take_layout(self._run)
+        return config
+
+    def _take_layout(self, run) -> None:
+        """The pretrained run's kind: its objective's layout and decoder start, or a causal reader; else refused."""
+        cls = getattr(objectives, run.objective, None)
+        if isinstance(cls, type) and issubclass(cls, EncoderDecoderLM):
+            if self.causal:
+                raise ConfigError(f"model.causal=true, but model.pretrained={run.checkpoint} is an encoder-decoder ({run.objective})")
+            if self.objective not in (None, run.objective):
+                raise ConfigError(f"model.objective={self.objective}, but model.pretrained={run.checkpoint} is a {run.objective} run "
+                                  "(leave model.objective unset: the run's layout is taken)")
+            self.objective = run.objective
+            self.decoder_start = self.decoder_start or run.decoder_start
+        elif not run.causal:
+            raise ConfigError(
+                f"model.pretrained={run.checkpoint} is a {run.objective} run, an encoder only: sequence-to-sequence "
+                "fine-tuning needs a decoder. Start from an encoder-decoder run (configs t5 / bart / mass) or a causal "
+                "LM (configs/gpt.yaml)"
+            )
+        self.hparams["objective"], self.hparams["decoder_start"] = self.objective, self.decoder_start
+
+    @property
+    def encoder_decoder(self) -> bool:
+        return not self.reads_causally()
+
+    @cached_property
+    def layout(self) -> EncoderDecoderLM:
+        """The encoder-decoder objective, unbuilt: how it frames sources and targets, which token its decoder
+        starts from. (A cached_property lives outside the module tree: no weights, no state dict entry.)"""
+        self.architecture()
+        cls = getattr(objectives, self.objective or "EncoderDecoderLM")
+        start = self.decoder_start or inspect.signature(cls).parameters["decoder_start"].default
+        self.decoder_start = self.hparams["decoder_start"] = start
+        self.objective = self.hparams["objective"] = cls.__name__
+        return cls(config=self.config, decoder_start=start)
+
+    def require_special_tokens(self, tokenizer) -> None:
+        if self.encoder_decoder:
+            layout_ids(self.layout, tokenizer.ids, f"fine-tuning a {self.layout.__class__.__name__} run")
+        else:
+            tokenizer.require("eos", purpose="sequence-to-sequence fine-tuning of a causal model (source [SEP] target [EOS])")
+
+    def demo_task(self, directory):
+        return write_summary_task(directory)
+
+    # -- building -------------------------------------------------------------------------------
+    # The encoder-decoder's API (generation and the loss call it): the objective's own methods, on this
+    # module's encoder (the backbone, ``transformer``) and decoder.
+    encode_source = EncoderDecoderLM.encode_source
+    decode = EncoderDecoderLM.decode
+    new_cache = EncoderDecoderLM.new_cache
+
+    @property
+    def encoder(self) -> Transformer:
+        return self.transformer
+
+    def build_head(self, pretrained_state):
+        tokens = self.transformer.embeddings.tokens  # one table: encoder, decoder and tied LM head
+        if self.encoder_decoder:  # as EncoderDecoderLM builds it
+            self.decoder = Transformer(self.config.decoder(), cross_attention=True, tokens=tokens)
+            self._load(self.decoder, "decoder", pretrained_state)
+            if self.freeze_embeddings:
+                self.decoder.embeddings.requires_grad_(False)
+        self.lm_head = LMHead(self.config, tokens)
+        self._load(self.lm_head, "lm_head", pretrained_state)
+        make = lambda: nn.ModuleDict({"rouge": ROUGEScore(rouge_keys="rougeL"), "bleu": BLEUScore(),  # noqa: E731
+                                      "exact_match": MeanMetric()})
+        self.metrics = nn.ModuleDict({"val_": make(), "test_": make()})
+        if self.encoder_decoder and self.max_target_length > self.decoder.config.max_length:
+            raise ConfigError(f"model.max_target_length={self.max_target_length} exceeds the decoder's "
+                              f"{self.decoder.config.max_length} positions")
+
+    @staticmethod
+    def _load(module: nn.Module, prefix: str, state: dict) -> None:
+        """The pretrained run's ``prefix.*`` weights, all of them (none: a fresh start or from_scratch)."""
+        if not state:
+            return
+        own = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        missing, unexpected = module.load_state_dict(own, strict=False)
+        if missing or unexpected:
+            raise CheckpointMismatchError(f"the pretrained run's {prefix} does not match this model's: missing "
+                                          f"{', '.join(missing[:5]) or 'nothing'}; unexpected {', '.join(unexpected[:5]) or 'nothing'}")
+
+    # -- data -----------------------------------------------------------------------------------
+    def text_fields(self, data) -> tuple[str, ...]:
+        return (data.source_field,)
+
+    def build_features(self, records, split, data):
+        path, tokenizer, ids = data.file(split), data.tokenizer, data.tokenizer.ids
+        sources = [s for s, _ in tokenizer.encode_batch([field(r, data.source_field, path, str) for r in records])]
+        labelled = split != "predict" or all(r.get(data.target_field) is not None for r in records)
+        targets = ([t for t, _ in tokenizer.encode_batch([field(r, data.target_field, path, str) for r in records])]
+                   if labelled else [None] * len(records))
+        features = []
+        for r, source, target in zip(records, sources, targets):
+            f = {"id": r.get(data.id_field, r["_line"])}
+            if self.encoder_decoder:
+                layout = self.layout
+                room = data.max_length - len(layout.frame_source([], ids))
+                f["source"] = torch.tensor(layout.frame_source(source[:room], ids))
+                if target is not None:
+                    room = self.max_target_length - len(layout.frame_target([], ids))
+                    f["target"] = torch.tensor(layout.frame_target(target[:room], ids))
+            else:  # source [SEP] | target [EOS], room for max_target_length target tokens after the source
+                room = data.max_length - self.max_target_length - 1
+                if room < 1:
+                    raise ConfigError(f"data.max_length={data.max_length} leaves no room for a source before "
+                                      f"model.max_target_length={self.max_target_length} target tokens (a causal model reads both)")
+                f["source"] = torch.tensor([*source[:room], ids.sep if ids.sep is not None else ids.eos])
+                if target is not None:
+                    f["target"] = torch.tensor([*target[: self.max_target_length - 1], ids.eos])
+            if target is not None:
+                f["reference"] = tokenizer.hf.decode(target)
+            features.append(f)
+        return features
+
+    def collate(self, samples):
+        ids = self.trainer.datamodule.tokenizer.ids
+        batch = {"sources": [s["source"].tolist() for s in samples], "index": torch.tensor([s["index"] for s in samples]),
+                 "ids": [s["id"] for s in samples]}
+        labelled = all("target" in s for s in samples)
+        if labelled:
+            batch["references"] = [s["reference"] for s in samples]
+        if self.encoder_decoder:
+            batch["input_ids"] = pad_windows(samples, "source", ids.pad)
+            lengths = torch.tensor([len(s["source"]) for s in samples])
+            batch["attention_mask"] = torch.arange(batch["input_ids"].size(1)) < lengths[:, None]
+            if labelled:  # decoder fed [start] + target[:-1], predicting the target; padding is ignored
+                start = self.layout.decoder_start_id(ids)
+                shifted = [{"ids": torch.cat([torch.tensor([start]), s["target"][:-1]])} for s in samples]
+                batch["decoder_input_ids"] = pad_windows(shifted, "ids", ids.pad)
+                batch["labels"] = pad_windows(samples, "target", IGNORE)
+        elif labelled:  # one sequence: source [SEP] target[:-1] in, the target's tokens predicted after the source
+            rows = [{"ids": torch.cat([s["source"], s["target"][:-1]]),
+                     "labels": torch.cat([torch.full((len(s["source"]) - 1,), IGNORE), s["target"]])} for s in samples]
+            batch["input_ids"] = pad_windows(rows, "ids", ids.pad)
+            batch["labels"] = pad_windows(rows, "labels", IGNORE)
+            lengths = torch.tensor([len(r["ids"]) for r in rows])
+            batch["attention_mask"] = torch.arange(batch["input_ids"].size(1)) < lengths[:, None]
+        return batch
+
+    # -- steps ----------------------------------------------------------------------------------
+    def forward(self, batch) -> torch.Tensor:
+        """Hidden states (B, T, H) of the positions that predict the target: the decoder's, or the causal stack's."""
+        if self.encoder_decoder:
+            memory = self.encode_source(batch["input_ids"], batch["attention_mask"]).hidden
+            return self.decode(batch["decoder_input_ids"], memory, batch["attention_mask"]).hidden
+        mask = AttentionMask(padding=batch["attention_mask"], causal=True)
+        return self.transformer(batch["input_ids"], mask).hidden
+
+    def step(self, split: str, batch):
+        labels = batch["labels"]
+        predicted = labels != IGNORE
+        loss, _ = self.lm_head.loss(self(batch)[predicted], labels[predicted])  # the target tokens' rows only
+        self.log_loss(split, loss, len(labels))
+        if split != "train":
+            self._score(split, self.generate(batch["sources"]), batch["references"])
+        return loss
+
+    def generator(self) -> Generator:
+        ids = self.trainer.datamodule.tokenizer.ids
+        if self.encoder_decoder:
+            start, end = layout_ids(self.layout, ids, f"a {self.objective} model")
+            return Generator(EncoderDecoderModel(self, self.lm_head, start, ids.pad), eos_id=end, pad_id=ids.pad)
+        return Generator(CausalModel(self, self.transformer, self.lm_head, ids.pad), eos_id=ids.eos, pad_id=ids.pad)
+
+    def generate(self, sources: list[list[int]]) -> list[str]:
+        """The generated text of each source (laid out as the features lay it out)."""
+        generator, tokenizer = self.generator(), self.trainer.datamodule.tokenizer
+        texts = []
+        for new in generator.generate(sources, self.generation):
+            if new and new[-1] == generator.eos_id:
+                new = new[:-1]
+            texts.append(tokenizer.hf.decode(new))
+        return texts
+
+    def _score(self, split: str, predictions: list[str], references: list[str]) -> None:
+        predictions, references = [" ".join(t.split()) for t in predictions], [" ".join(t.split()) for t in references]
+        metrics = self.metrics[f"{split}_"]
+        metrics["rouge"].update(predictions, references)
+        metrics["bleu"].update(predictions, [[r] for r in references])
+        metrics["exact_match"].update(torch.tensor([float(p == r) for p, r in zip(predictions, references)]))
+        self._generated += len(predictions)
+
+    def epoch_end(self, split: str) -> None:
+        metrics = self.metrics[f"{split}_"]
+        if self._generated:
+            # compute() gathers over ranks: every rank logs the same value (sync_dist only silences the warning).
+            values = {"rougeL": metrics["rouge"].compute()["rougeL_fmeasure"], "bleu": metrics["bleu"].compute(),
+                      "exact_match": metrics["exact_match"].compute()}
+            for name, value in values.items():
+                self.log(f"{split}/{name}", value, prog_bar=split == "val" and name == "rougeL", sync_dist=True)
+        for metric in metrics.values():
+            metric.reset()
+        self._generated = 0
+
+    def predict_step(self, batch, batch_idx):
+        for i, example_id, text in zip(batch["index"].tolist(), batch["ids"], self.generate(batch["sources"])):
+            self._predictions.append({"index": i, "id": example_id, "prediction": text})
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.encoder_decoder:  # no HF encoder family describes an encoder-decoder's encoder alone
+            checkpoint["lit_ptm"]["family"] = None
