@@ -44,9 +44,10 @@ def test_recipe_lowers_validation_loss_and_tests(recipe, tmp_path, cache_dir):
     assert tested["test/loss"].item() < before - 1.0
 
 
-@pytest.mark.parametrize("recipe", ["gpt", "bert", "albert"])
+@pytest.mark.parametrize("recipe", ["gpt", "bert", "albert", "bart"])
 def test_killed_run_resumes_with_the_same_batches_and_losses(recipe, tmp_path, cache_dir):
     """Killed after step 8, resumed from the checkpoint of step 5: the same losses as a straight run.
+    BART (dropout, span and sentence-permutation noise drawn in worker processes) on the built-in corpus.
     The pair recipes draw their sentence pairs per epoch: on a corpus of 3-4 batches an epoch (committed
     tokenizers, so the count is the same everywhere), the checkpoint falls inside epoch 1 and the resumed
     run goes on through epochs 2 and 3. The resumed run reads its data in two DataLoader worker processes,
@@ -58,7 +59,8 @@ def test_killed_run_resumes_with_the_same_batches_and_losses(recipe, tmp_path, c
         "--checkpoint.every_n_steps", "5", "--model.init_args.config.dropout", "0.1",
         "--data.init_args.batch_size", "4",
     ]
-    if recipe != "gpt":  # 17 / 15 training pairs: 4 / 3 batches an epoch (NSP needs two documents in each held-out split)
+    pairs = recipe in ("bert", "albert")
+    if pairs:  # 17 / 15 training pairs: 4 / 3 batches an epoch (NSP needs two documents in each held-out split)
         corpus = write_corpus(tmp_path / "corpus.txt", n_docs={"bert": 12, "albert": 15}[recipe])
         common += ["--data.init_args.train_files", str(corpus), "--data.init_args.val_fraction", "0.15",
                    "--data.init_args.test_fraction", "0.15", "--data.init_args.tokenizer", str(ROOT / "tests" / "data" / f"tokenizer-{recipe}.json")]
@@ -74,7 +76,7 @@ def test_killed_run_resumes_with_the_same_batches_and_losses(recipe, tmp_path, c
     assert r.returncode == 3, r.stderr[-3000:]
     ckpt = torch.load(killed / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 5  # the periodic checkpoint, written before the kill at step 8
-    if recipe != "gpt":
+    if pairs:
         data = ckpt["PretrainDataModule"]
         assert data["epoch"] == 1 and 0 < data["batches"] and not data["epoch_done"], data  # inside epoch 1
     r = run_module(["fit", *tiny_args(recipe, killed, *common, *workers, "--trainer.max_steps", "13"),
@@ -317,7 +319,7 @@ def test_nsp_head_learns_next_sentence_prediction_when_documents_differ_in_topic
 
 
 # -- resuming: the config a user gives is the config that runs; "train some more" is exact -------
-@pytest.mark.parametrize("recipe", ["gpt", "bert", "roberta"])
+@pytest.mark.parametrize("recipe", ["gpt", "bert", "roberta", "spanbert", "mass", "t5", "bart"])
 def test_train_some_more_continues_with_the_batches_of_an_uninterrupted_run(recipe, tmp_path, cache_dir):
     """K steps (fit ends at max_steps, validating at its last step, as configs/tiny.yaml does), then the
     same run resumed to 2K: the same losses as 2K straight. The schedule is constant, so its length
