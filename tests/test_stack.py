@@ -272,6 +272,19 @@ def test_the_stack_traces_without_graph_breaks(mask):
     assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
 
 
+def test_t5_and_decoder_stacks_trace_without_graph_breaks():
+    """T5's relative bias (computed in the forward) and a decoder with cross-attention to padded context."""
+    t5 = dict(position_embedding="relative", norm="rms", norm_position="pre", bias=False, scale_attention=False)
+    context = torch.randn(2, 5, TINY.hidden_size)
+    context_mask = AttentionMask(padding=torch.tensor([[True] * 3 + [False] * 2, [True] * 5]))
+    for flags in ({}, t5):
+        encoder, decoder = model(**flags).train(), model(cross_attention=True, **flags).train()
+        for fn in (lambda ids: encoder(ids, AttentionMask(padding=PADDING)).hidden,
+                   lambda ids: decoder(ids, AttentionMask(causal=True), context=context, context_mask=context_mask).hidden):
+            explained = torch._dynamo.explain(fn)(torch.randint(5, 99, (2, L)))
+            assert explained.graph_break_count == 0 and explained.graph_count == 1, (flags, explained.break_reasons)
+
+
 def test_the_fused_loss_traces_without_graph_breaks_and_ignores_padding_rows():
     from lit_ptm.nn import LMHead
 
