@@ -51,6 +51,9 @@ class ModelConfig:
     lm_head_transform: bool = True  # dense + activation + LayerNorm before the output projection (BERT)
     lm_head_bias: bool = True
     init_std: float = 0.02
+    # T5: the token table starts at std 1.0 (its tied head reads states scaled by d^-0.5: at init_std the
+    # logits would start ~15x too small to learn from); None: init_std
+    embedding_init_std: float | None = None
     scale_attention: bool = True  # scores / sqrt(head_size); T5 does not scale (its initialisation does)
     scale_embeddings: bool = False  # token embeddings * sqrt(E) (BART's scale_embedding, mBART)
     lm_head_scale: bool = False  # T5: hidden * hidden_size^-0.5 before the (tied, unscaled) output projection

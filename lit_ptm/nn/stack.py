@@ -146,6 +146,8 @@ class Transformer(nn.Module):
             for part in (module.children() if name == "embeddings" and tokens is not None else [module]):
                 if part is not tokens:
                     part.apply(self._init_weights)
+        if config.embedding_init_std is not None and not shared and tokens is None:
+            nn.init.normal_(self.embeddings.tokens.weight, std=config.embedding_init_std)
         if config.scale_residual_init:
             for block in self.blocks:
                 for proj in (block.attention.out, block.ffn.down):
