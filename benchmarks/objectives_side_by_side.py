@@ -32,13 +32,25 @@ def lit_ptm(*args: str) -> None:
 
 
 def fit_and_test(configs: list[str], run: Path, *extra: str) -> dict:
-    """Fit (unless done), test, and return the run's test metrics."""
-    metrics = run / "test_metrics.json"
-    if not metrics.is_file():
-        config = [a for c in configs for a in ("--config", c)]
+    """Fit (unless done), test (unless done), and return the run's test metrics: a fine-tuning run's
+    test_metrics.json, or a pretraining run's test scalars from its TensorBoard events."""
+    config = [a for c in configs for a in ("--config", c)]
+    if not (run / "last.ckpt").is_file():
         lit_ptm("fit", *config, *extra, "--trainer.default_root_dir", str(run))
+    done = run / "tested"
+    if not done.is_file():
         lit_ptm("test", *config, "--ckpt_path", str(run / "last.ckpt"), "--trainer.default_root_dir", str(run))
-    return json.loads(metrics.read_text())
+        done.touch()
+    if (run / "test_metrics.json").is_file():
+        return json.loads((run / "test_metrics.json").read_text())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    metrics = {}
+    for events in sorted(run.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        metrics.update({tag: acc.Scalars(tag)[-1].value for tag in acc.Tags()["scalars"] if tag.startswith("test/")})
+    return metrics
 
 
 def main() -> None:

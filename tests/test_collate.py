@@ -202,13 +202,21 @@ def sbo_spans(batch):
 
 def test_span_masking_budget_and_geometric_lengths_in_words(tok):
     samples = long_windows(tok, 500)
-    batch = SpanMLMCollator(tok.ids, seed=3)(samples)
+    collator = SpanMLMCollator(tok.ids, seed=3)
+    batch = collator(samples)
     selected = batch["labels"] != -100
     # 15% of the 510 text tokens a row (76 or 77), met by all but a few rows (whole words may fall short).
     rate = selected.sum(1).double() / 510
     assert abs(rate.mean().item() - 0.15) < 0.01, rate.mean()
-    key = sbo_spans(batch)
+    # Sampled spans that touch are merged (as SpanBERT's code does): a predicted token's boundaries are
+    # never predicted themselves, and the merged spans are the sampled ones, joined.
+    rows = torch.arange(len(samples))[:, None].expand_as(selected)[selected]
+    assert not selected[rows, batch["span_left"][selected]].any() and not selected[rows, batch["span_right"][selected]].any()
+    _, sampled, _ = collator.spans(samples)
+    assert torch.equal(sampled > 0, selected) and len(sbo_spans(batch)[selected].unique()) < int(sampled.amax(1).sum())
+    # The sampled spans' lengths in words follow the clipped geometric.
     word_start = torch.stack([s["word_start"] for s in samples])
+    key = torch.arange(len(samples))[:, None] * 10_000 + sampled
     spans, index = torch.unique(key[selected], return_inverse=True)
     words = torch.zeros(len(spans), dtype=torch.long).scatter_add_(0, index, word_start[selected].long())
     freq = torch.bincount(words, minlength=11)[1:].double() / len(words)

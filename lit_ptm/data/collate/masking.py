@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from lit_ptm.data.collate.common import pad_windows, sample_noise, window_keys
-from lit_ptm.data.collate.spans import SpanLengths, mask_budget, mask_random_keep, select_spans, span_bounds
+from lit_ptm.data.collate.spans import SpanLengths, mask_budget, mask_random_keep, merge_touching, select_spans, span_bounds
 from lit_ptm.tokenizer import SpecialIds
 
 
@@ -87,17 +87,24 @@ class SpanMLMCollator:
         self.regular_ids = ids.regular_ids()
         self.is_special = ids.special_table()
 
-    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+    def spans(self, samples: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(window ids [B, L], the sampled spans' ids [B, L] (before merging), noise [B, 4, L])."""
         ids = pad_windows(samples, "ids", self.ids.pad)  # [B, L]
         candidate = ~self.is_special[ids]  # not special, not padding
         # Rows: span order scores, 80/10/10 draws (a span reads its first token's), random tokens, span lengths.
         noise = sample_noise(samples, self.seed, 4, ids.size(1))
         spans = select_spans(candidate, mask_budget(candidate, self.probability), noise[:, 0], noise[:, 3], self.lengths,
                              pad_windows(samples, "word_start", True))
-        input_ids, labels = mask_random_keep(ids, spans.span_id, noise[:, 1], noise[:, 2], self.regular_ids, self.ids.mask,
+        return ids, spans.span_id, noise
+
+    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        ids, sampled, noise = self.spans(samples)
+        # As SpanBERT's code: sampled spans that touch are one span (one decision, boundaries outside both).
+        span_id = merge_touching(sampled)
+        input_ids, labels = mask_random_keep(ids, span_id, noise[:, 1], noise[:, 2], self.regular_ids, self.ids.mask,
                                              decide="span")
-        first, last = span_bounds(spans.span_id)  # [B, L] each
-        selected = spans.span_id > 0
+        first, last = span_bounds(span_id)  # [B, L] each
+        selected = span_id > 0
         offset = torch.arange(ids.size(1)) - first
         return {
             "input_ids": input_ids, "labels": labels,

@@ -120,6 +120,14 @@ def span_bounds(span_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return first, L - 1 - reversed_end
 
 
+def merge_touching(span_id: torch.Tensor) -> torch.Tensor:
+    """Spans that touch merged into one, renumbered 1..n per row (SpanBERT merges its sampled intervals,
+    so that a span's boundary tokens are never masked themselves). [B, L] long -> [B, L] long."""
+    selected = span_id > 0
+    before = torch.nn.functional.pad(selected[:, :-1], (1, 0))
+    return _number(selected, selected & ~before).span_id
+
+
 def select_spans(
     candidate: torch.Tensor, budget: torch.Tensor, scores: torch.Tensor, length_noise: torch.Tensor | None = None,
     length: SpanLengths = SpanLengths(), word_start: torch.Tensor | None = None,
