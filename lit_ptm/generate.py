@@ -340,6 +340,9 @@ def load_generator(ckpt_path: str, device: str = "cpu"):
                           f"(lit-ptm import {ckpt_path} --out RUN_DIR), then generate from RUN_DIR")
     path, raw, config = read_run(ckpt_path, key="--ckpt_path")
     meta = raw["lit_ptm"]
+    if meta["objective"] == "Seq2Seq":  # a fine-tuned run: its layout and decoder are the task's
+        raise ConfigError(f"--ckpt_path={path} is a fine-tuned Seq2Seq run: generate with its task, "
+                          f"`lit-ptm predict --config configs/finetune/seq2seq.yaml --ckpt_path {path} --data.predict_file FILE`")
     cls = getattr(objectives, meta["objective"], None)
     encoder_decoder = isinstance(cls, type) and issubclass(cls, EncoderDecoderLM)
     if cls is None or not (encoder_decoder or getattr(cls, "causal", False)):

@@ -83,10 +83,13 @@ def mismatches(config: ModelConfig, family: str) -> list[str]:
     return out
 
 
-def family_of(config: ModelConfig, causal: bool = False) -> str | None:
+def family_of(config: ModelConfig, causal: bool = False, encoder_decoder: bool = False) -> str | None:
     """The HF architecture that computes exactly what ``config`` does (read causally or not), if any. T5 and
-    BART are encoder-decoders: a config of theirs exports with an encoder-decoder objective (T5, BART, MASS)."""
-    if causal:
+    BART are encoder-decoders: a config of theirs exports with an encoder-decoder objective (T5, BART, MASS);
+    ``encoder_decoder``: the model is one (its config matches T5 or BART, or nothing)."""
+    if encoder_decoder:
+        candidates = list(SEQ2SEQ)
+    elif causal:
         candidates = ["gpt2"]
     elif config.norm_position == "pre":
         candidates = ["gpt2", "t5"]
@@ -645,7 +648,9 @@ def export_hf(source, out, overwrite: bool = False) -> tuple[Path, str]:
     hparams = raw.get("hyper_parameters", {})
     causal = reads_causally(meta)
     end_of_target = seq2seq_objective(meta["objective"])  # an encoder-decoder objective: its end-of-target token
-    family = meta.get("family") or family_of(config, causal)
+    family = meta.get("family") or family_of(config, causal, encoder_decoder=bool(end_of_target))
+    if end_of_target and family not in SEQ2SEQ:  # older checkpoints recorded an encoder family for an encoder-decoder
+        family = family_of(config, encoder_decoder=True)
     if family is None:
         close = {f: mismatches(config, f) for f in (SEQ2SEQ if end_of_target else FAMILIES[:4])}
         nearest = min(close, key=lambda f: len(close[f]))

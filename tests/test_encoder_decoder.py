@@ -177,3 +177,35 @@ def test_fine_tuning_starts_from_the_encoders_weights(recipe, seq2seq_runs):
     own = model.transformer.state_dict()
     encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
     assert own.keys() == encoder.keys() and all(torch.equal(own[k], encoder[k]) for k in own)
+
+
+def test_relative_bucket_settings_that_cannot_bucket_are_refused():
+    from lit_ptm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.config.relative_buckets=3: must be at least 4"):
+        ModelConfig(relative_buckets=3)
+    with pytest.raises(ConfigError, match="model.config.relative_max_distance=16: must exceed relative_buckets / 2 = 16"):
+        ModelConfig(relative_buckets=32, relative_max_distance=16)
+    for buckets, distance in ((4, 3), (32, 17), (8, 5)):  # the smallest accepted settings bucket every distance in range
+        bias = RelativePositionBias(ModelConfig(**BASE, relative_buckets=buckets, relative_max_distance=distance))
+        d = torch.arange(-1000, 1001)
+        for bidirectional in (True, False):
+            b = bias.bucket(d, bidirectional)
+            assert b.min() >= 0 and b.max() < buckets
+
+
+def test_mass_decoder_reads_the_fragment_at_its_original_positions():
+    """MASS's decoder_position_ids reach the decoder: the loss is the forward's at those positions, not at 0..k-1."""
+    m = built(MASS, BART_LIKE)
+    src, tgt = source_and_target(T=4)
+    positions = torch.tensor([[3, 4, 5, 6], [1, 2, 3, 4]])
+    labels = torch.randint(5, 64, tgt.shape, generator=torch.Generator().manual_seed(3))
+    batch = {"input_ids": src, "decoder_input_ids": tgt, "decoder_position_ids": positions, "labels": labels}
+    memory = m.encode_source(src).hidden
+
+    def loss(position_ids):
+        logits = m.lm_head(m.decode(tgt, memory, position_ids=position_ids).hidden)
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+
+    torch.testing.assert_close(m.loss_parts(batch).loss, loss(positions), rtol=1e-5, atol=1e-6)
+    assert abs(m.loss_parts(batch).loss.item() - loss(None).item()) > 1e-4

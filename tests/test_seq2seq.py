@@ -19,7 +19,8 @@ TINY = dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max
 CONFIGS = {
     "t5": (T5, ModelConfig(**TINY, position_embedding="relative", norm="rms", norm_position="pre", embedding_norm=False,
                            final_norm=True, bias=False, activation="relu", lm_head_transform=False, lm_head_bias=False,
-                           scale_attention=False, lm_head_scale=True, norm_eps=1e-6, num_decoder_layers=3)),
+                           scale_attention=False, lm_head_scale=True, norm_eps=1e-6, num_decoder_layers=3,
+                           embedding_init_std=1.0)),
     "bart": (BART, ModelConfig(**{**TINY, "max_position_embeddings": 66}, position_offset=2, lm_head_transform=False, norm_eps=1e-5)),
     "mass": (MASS, ModelConfig(**TINY)),
     "gpt": (CausalLM, ModelConfig(**TINY, norm_position="pre", final_norm=True, embedding_norm=False, lm_head_transform=False,
@@ -178,7 +179,7 @@ def test_an_encoder_only_run_is_refused(runs, tmp_path, copy_files):
 def test_finetuning_learns_a_copy_task_evaluates_by_generation_and_predicts(kind, runs, tmp_path, copy_files):
     """Copying is learnt within 10 epochs from random weights by the BART-like model (perfectly) and the
     GPT-like one (mostly); the tiny T5-like one (relative positions only, no position information in its
-    cross-attention) needs far longer to align target and source positions: its loss halves all the same."""
+    cross-attention) aligns target and source positions more slowly (ROUGE-L 0.57, no exact copies yet)."""
     train, dev = copy_files
     root = tmp_path / kind
     data = ["--data.init_args.train_file", str(train), "--data.init_args.val_file", str(dev)]
@@ -188,7 +189,7 @@ def test_finetuning_learns_a_copy_task_evaluates_by_generation_and_predicts(kind
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     assert {"val/loss", "val/rougeL", "val/bleu", "val/exact_match"} <= set(metrics)
     assert all(0 <= metrics[f"val/{k}"] <= 1 for k in ("rougeL", "bleu", "exact_match"))
-    learnt = {"bart": (0.95, 0.9), "gpt": (0.7, 0.1), "t5": (0.0, 0.0)}[kind]
+    learnt = {"bart": (0.95, 0.9), "gpt": (0.7, 0.1), "t5": (0.4, 0.0)}[kind]
     assert metrics["val/rougeL"] >= learnt[0] and metrics["val/exact_match"] >= learnt[1], metrics
     tested = run_cli(["test", *args(runs[kind], root, *data, "--data.init_args.test_file", str(dev), "--model.init_args.num_beams", "2"),
                       "--ckpt_path", str(root / "last.ckpt")])

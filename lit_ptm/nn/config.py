@@ -68,7 +68,7 @@ class ModelConfig:
         def bad(key, why):
             raise ConfigError(f"model.config.{key}={getattr(self, key)!r}: {why}")
 
-        for key in ("hidden_size", "num_layers", "num_heads", "max_position_embeddings", "relative_buckets", "relative_max_distance"):
+        for key in ("hidden_size", "num_layers", "num_heads", "max_position_embeddings"):
             if getattr(self, key) < 1:
                 bad(key, "must be positive")
         if not 0 <= self.position_offset < self.max_position_embeddings:
@@ -85,6 +85,10 @@ class ModelConfig:
             bad("share", f"is not one of {', '.join(SHARING)}")
         if self.embedding_size is not None and self.embedding_size < 1:
             bad("embedding_size", "must be positive")
+        if self.relative_buckets < 4:
+            bad("relative_buckets", "must be at least 4 (an encoder splits them by direction, then into exact and logarithmic)")
+        if self.relative_max_distance <= self.relative_buckets // 2:
+            bad("relative_max_distance", f"must exceed relative_buckets / 2 = {self.relative_buckets // 2} (the exactly bucketed distances)")
         if self.norm not in NORMS:
             bad("norm", f"is not one of {', '.join(NORMS)}")
         if self.num_decoder_layers is not None and self.num_decoder_layers < 1:

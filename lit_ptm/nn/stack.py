@@ -68,10 +68,10 @@ class Embeddings(nn.Module):
 
 class RelativePositionBias(nn.Module):
     """T5's relative positions: a learned scalar per head for each bucket of the distance key - query,
-    added to the attention scores. Distances below ``buckets / 2`` (per direction) have a bucket each;
-    longer ones share logarithmically wider buckets up to ``relative_max_distance``, beyond which all
-    share the last. Bidirectional (an encoder): half the buckets for keys after the query; a decoder
-    (causal) uses all of them for keys before it."""
+    added to the attention scores. Of the n buckets of a direction, distances below n / 2 have a bucket
+    each; longer ones share logarithmically wider buckets up to ``relative_max_distance``, beyond which
+    all share the last. Bidirectional (an encoder): n = buckets / 2 for each direction (so distances
+    below buckets / 4 are exact); a decoder (causal) looks back only, with n = buckets."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()

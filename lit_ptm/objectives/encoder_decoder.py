@@ -15,6 +15,7 @@ import torch
 
 from lit_ptm.data.batch import Batch, DataRecipe
 from lit_ptm.errors import ConfigError
+from lit_ptm.hf import family_of
 from lit_ptm.nn import AttentionMask, KVCache, LMHead, ModelConfig, StackOutput, Transformer
 from lit_ptm.objectives.base import LossParts, OptimConfig, PretrainObjective
 
@@ -114,6 +115,8 @@ class EncoderDecoderLM(PretrainObjective):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["lit_ptm"]["decoder_start"] = self.decoder_start
+        # An encoder-decoder is T5 or BART (for export) or nothing, never an encoder family its config also fits.
+        checkpoint["lit_ptm"]["family"] = family_of(self.config, encoder_decoder=True)
 
 
 class MASS(EncoderDecoderLM):

@@ -16,7 +16,13 @@ class SpanBERT(MaskedLM):
     of the tokens, one 80/10/10 decision per span), single contiguous segments, no NSP; plus the span
     boundary objective (SBO): every masked token is also predicted from the states of the two tokens
     just outside its span and its position inside the span. Loss = MLM + SBO, logged as
-    ``{split}/mlm_loss`` and ``{split}/sbo_loss``. Fine-tuning takes the stack, as from BERT."""
+    ``{split}/mlm_loss`` and ``{split}/sbo_loss``. Fine-tuning takes the stack, as from BERT.
+
+    As SpanBERT's code, sampled spans that touch are merged (one decision, boundaries outside both).
+    Where this differs from it: the SBO head predicts through the MLM head's output bias (SpanBERT's
+    has its own) and its offset table is H wide with 32 rows (SpanBERT's: 200 wide, 20 rows); a span at
+    the start of a document in FULL-SENTENCES windows has the previous document's [SEP] as its left
+    boundary (DOC-SENTENCES, the recipe's packing, never does)."""
 
     def __init__(self, config: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig(), mlm_probability: float = 0.15,
                  geometric_p: float = 0.2, max_span_words: int = 10, pretrained: str | None = None, compile: bool = False):

@@ -50,7 +50,8 @@ class Seq2Seq(FinetuneTask):
     Args (beyond FinetuneTask's):
         max_target_length: target tokens, its framing included (longer targets are truncated); a causal
             model keeps this much room after the source, whose tokens are cut to fit ``data.max_length``.
-        num_beams, max_new_tokens, length_penalty: generation at validation, test and predict.
+        num_beams, max_new_tokens, length_penalty: generation at validation, test and predict. Beam search
+            runs one source at a time (greedy and sampling run the batch at once): slower in evaluation.
         objective: the encoder-decoder objective whose layout and decoder start are used (T5, BART,
             MASS, EncoderDecoderLM); None: the pretrained run's. Without a pretrained run and with
             ``causal`` unset: a fresh encoder-decoder in EncoderDecoderLM's layout.
@@ -74,11 +75,12 @@ class Seq2Seq(FinetuneTask):
             raise ConfigError(f"model.objective={objective!r} is not one of {', '.join(ENCODER_DECODERS)}")
         if decoder_start is not None and decoder_start not in DecoderStart.__args__:
             raise ConfigError(f"model.decoder_start={decoder_start!r} is not one of {', '.join(DecoderStart.__args__)}")
-        for key, value in (("num_beams", num_beams), ("max_new_tokens", max_new_tokens or 1)):
-            if value < 1:
+        for key, value in (("num_beams", num_beams), ("max_new_tokens", max_new_tokens), ("max_target_length", max_target_length)):
+            if value is not None and value < 1:
                 raise ConfigError(f"model.{key}={value} must be at least 1")
         self.max_target_length, self.objective, self.decoder_start = max_target_length, objective, decoder_start
-        self.generation = GenerationConfig(max_new_tokens=max_new_tokens or max_target_length, num_beams=num_beams,
+        self.generation = GenerationConfig(max_new_tokens=max_new_tokens if max_new_tokens is not None else max_target_length,
+                                           num_beams=num_beams,
                                            length_penalty=length_penalty)
         self._generated = 0  # examples generated in this evaluation epoch
 

@@ -125,7 +125,11 @@ class BARTCollator:
         noise = sample_noise(samples, self.seed, 3, ids.size(1))
         if self.permute_sentences:
             sentence = pad_windows(samples, "sentence", ids.size(1))
-            order = permute_sentences(sentence, self.is_special[ids], noise[:, 2])
+            # The frame ([CLS], each [SEP]) stays: a special token that is a sentence unit of its own (a
+            # sentence that merely starts with [UNK] moves like any other).
+            size = torch.zeros_like(sentence).scatter_add_(1, sentence.clamp(max=ids.size(1) - 1), torch.ones_like(sentence))
+            frame = self.is_special[ids] & (size.gather(1, sentence.clamp(max=ids.size(1) - 1)) == 1)
+            order = permute_sentences(sentence, frame, noise[:, 2])
             ids, word_start, sentence = ids.gather(1, order), word_start.gather(1, order), sentence.gather(1, order)
             # A piece of a long sentence may begin inside a word; moved, it begins one.
             word_start |= sentence != torch.nn.functional.pad(sentence[:, :-1], (1, 0), value=-1)
