@@ -9,11 +9,11 @@ import torch
 
 
 class Batch(TypedDict, total=False):
-    input_ids: torch.Tensor  # [B, L] the (corrupted) input; an encoder-decoder's encoder input [B, Ls]
-    labels: torch.Tensor  # [B, L] the target token per position, -100 where nothing is predicted (encoder-decoder: [B, Lt])
+    input_ids: torch.Tensor  # [B, L] the (corrupted) input; an encoder-decoder's encoder input [B, Ls]; MPNet: [window (L) | slots (C)]
+    labels: torch.Tensor  # [B, L] the target token per position, -100 where nothing is predicted (encoder-decoder: [B, Lt]; permutation LM: [B, P], per target_positions slot)
     attention_mask: torch.Tensor  # [B, L] bool, True for real tokens; absent when no row is padded
     document_ids: torch.Tensor  # [B, L] packed-document id per token (padding: -1); absent: one document a row
-    position_ids: torch.Tensor  # [B, L] positions restarting at each packed document; absent: 0..L-1
+    position_ids: torch.Tensor  # [B, L] positions restarting at each packed document; absent: 0..L-1; MPNet: [B, L+C], always present
     token_type_ids: torch.Tensor  # [B, L] segment (A = 0, B = 1) of sentence pairs
     prefix_length: torch.Tensor  # [B] a prefix LM's bidirectional prefix (UniLM seq2seq, GLM Part A)
     pair_labels: torch.Tensor  # [B] NSP (1 = random B) / SOP (1 = swapped) targets
@@ -23,6 +23,12 @@ class Batch(TypedDict, total=False):
     decoder_input_ids: torch.Tensor  # [B, Lt] an encoder-decoder's decoder input: decoder_start, then the target shifted right
     decoder_attention_mask: torch.Tensor  # [B, Lt] bool, True for real decoder tokens; absent when no row is padded
     decoder_position_ids: torch.Tensor  # [B, Lt] the decoder tokens' positions (MASS: the fragment's own); absent: 0..Lt-1
+    perm_mask: torch.Tensor  # [B, L, L] bool, XLNet (HF's sense): True where i may NOT see j (j a target ranked at or after i, or padding)
+    target_positions: torch.Tensor  # [B, P] permutation LM: the targets' positions in factorisation order (padded slots: 0)
+    query_ids: torch.Tensor  # [B, C] MPNet: the query stream's tokens, the targets' 80/10/10-corrupted [M] slots (padding: pad id)
+    query_position_ids: torch.Tensor  # [B, C] MPNet: the query stream's positions (the targets'; padded slots: 0)
+    content_mask: torch.Tensor  # [B, L+C, L+C] bool, MPNet: True where content row i may attend j (padding, documents included)
+    query_mask: torch.Tensor  # [B, C, L+C] bool, MPNet: True where query k may attend j (padding, documents included)
     num_tokens: int  # real tokens in the batch, encoder + decoder (a plain int: logging throughput never waits on the device)
 
 
