@@ -25,11 +25,12 @@ def windows(tok, n, low=5, high=64, seed=0, documents=1):
         a = int(torch.randint(0, len(ids) - L, (1,), generator=g))
         cuts = sorted(torch.randint(1, L + 1, (documents - 1,), generator=g).tolist())
         document = torch.zeros(L + 2, dtype=torch.long)
-        for c in cuts:
+        window = torch.tensor([tok.ids.cls, *ids[a:a + L], tok.ids.sep])
+        word_start = torch.tensor([True, True, *starts[a + 1:a + L], True])
+        for c in cuts:  # as SentenceWindows: a [SEP] closes each document but the last
             document[c + 1:] += 1
-        out.append({"ids": torch.tensor([tok.ids.cls, *ids[a:a + L], tok.ids.sep]),
-                    "word_start": torch.tensor([True, True, *starts[a + 1:a + L], True]),
-                    "document": document, "epoch": 0, "index": i})
+            window[c], word_start[c] = tok.ids.sep, True
+        out.append({"ids": window, "word_start": word_start, "document": document, "epoch": 0, "index": i})
     return out
 
 
@@ -263,5 +264,10 @@ def test_packed_documents_are_isolated(tok):
     assert not (mp["query_mask"] & different[:, L:]).any()
     # Positions restart per document, the slots carry their target's.
     assert torch.equal(mp["query_position_ids"], mp["position_ids"][:, :L].gather(1, pos))
+    assert mp["query_mask"].any(-1).all() and mp["content_mask"].any(-1).all()
     xl = XLNetCollator(tok.ids, seed=4)(samples)
-    assert "document_ids" in xl and "position_ids" in xl
+    assert torch.equal(xl["document_ids"], doc) and torch.equal(xl["position_ids"], mp["position_ids"][:, :L])
+    # With the documents AND-ed in (as the stack does), no query row is empty either.
+    see = ~xl["perm_mask"] & (doc[:, :, None] == doc[:, None, :])
+    tp = xl["target_positions"]
+    assert see.gather(1, tp[:, :, None].expand(*tp.shape, L)).any(-1).all()

@@ -57,7 +57,9 @@ class XLNetCollator:
     j: j is a target and rank(i) <= rank(j), or j is padding (HF's perm_mask; the content stream adds
     its own diagonal); ``target_positions`` [B, P] in factorisation order (padded slots: position 0)
     and ``labels`` [B, P] (-100 on padded slots). HF's ``target_mapping`` is
-    ``one_hot(target_positions, L)``.
+    ``one_hot(target_positions, L)``. No query row is empty: every row holds a [CLS] or [SEP], never a
+    target, and so does every document of a SentenceWindows window (its closing [SEP]; the first also
+    its [CLS]), so the earliest target of a document still sees a non-target with ``isolate_documents``.
     """
 
     def __init__(self, ids: SpecialIds, seed: int, partial_prediction: float = 6, max_ngram: int = 5,
