@@ -1,7 +1,9 @@
 """Data-pipeline cost: window assembly + MLM collation per batch, against HF's
 DataCollatorForLanguageModeling on the same windows, and as a share of a training step; and the
 span and encoder-decoder collators (SpanBERT on FULL-SENTENCES windows; T5, BART and MASS on
-DOC-SENTENCES windows), each against MLM on the same windows.
+DOC-SENTENCES windows), each against MLM on the same windows; and the permutation-LM collators
+(XLNet, MPNet) against MLM and HF's DataCollatorForPermutationLanguageModeling on the same
+FULL-SENTENCES windows (HF's needs an even length: its inputs are padded to --seq).
 
     python benchmarks/data_pipeline.py            # built-in corpus, 32 x 128, BERT-small step for scale
 """
@@ -23,7 +25,7 @@ from common import allocator, bert_config  # noqa: E402
 
 from lit_ptm.data.builtin import write_builtin_corpus  # noqa: E402
 from lit_ptm.data.collate import (  # noqa: E402
-    BARTCollator, MASSCollator, MLMCollator, PairMLMCollator, SpanMLMCollator, T5Collator,
+    BARTCollator, MASSCollator, MLMCollator, MPNetCollator, PairMLMCollator, SpanMLMCollator, T5Collator, XLNetCollator,
 )
 from lit_ptm.data.corpus import iter_documents  # noqa: E402
 from lit_ptm.data.sampling import PairWindows, SentenceWindows, WindowDataset  # noqa: E402
@@ -95,6 +97,18 @@ def main() -> None:
     ]
     span_times = [per_call(lambda c=collate, w=windows: c(w), args.repeats) for _, windows, collate, _ in span_rows]
 
+    # Permutation LM on the FULL-SENTENCES windows. HF's collator raises on an odd length, so its
+    # features are padded to --seq (even) by hand; it writes [MASK] into the inputs and loops per example.
+    from transformers import DataCollatorForPermutationLanguageModeling
+
+    hf_plm = DataCollatorForPermutationLanguageModeling(hf_tok, plm_probability=1 / 6, max_span_length=5)
+    hf_plm_features = [{"input_ids": f["input_ids"] + [tok.ids.pad] * (args.seq + args.seq % 2 - len(f["input_ids"]))}
+                       for f in hf_features]
+    plm_rows = [("lit_ptm XLNet (K=6, n-grams <= 5)", XLNetCollator(tok.ids, seed=0)),
+                ("lit_ptm MPNet (15%, two-stream masks)", MPNetCollator(tok.ids, seed=0))]
+    plm_times = [per_call(lambda c=collate: c(samples), args.repeats) for _, collate in plm_rows]
+    t_hf_plm = per_call(lambda: hf_plm(hf_plm_features), args.repeats)
+
     torch.manual_seed(0)
     model = MaskedLM(config=bert_config(256, 4, 4, vocab=tok.vocab_size))
     model.configure_model()  # objectives build their stacks there, not in the constructor
@@ -123,6 +137,10 @@ def main() -> None:
         tokens_in = sum(len(w["ids"]) for w in windows)
         print(f"{name + ':':37s} {t * 1e3:7.2f} ms  ({tokens_in / t / 1e6:5.1f} M tok/s of {tokens_in} window tokens, "
               f"{t / t_mlm:4.1f}x MLM on the same windows)")
+    for (name, _), t in zip(plm_rows, plm_times):
+        print(f"{name + ':':37s} {t * 1e3:7.2f} ms  ({tokens / t / 1e6:5.1f} M tok/s, {t / t_ours:4.1f}x MLM on the same windows)")
+    print(f"{'HF DataCollatorForPermutationLM:':37s} {t_hf_plm * 1e3:7.2f} ms  ({tokens / t_hf_plm / 1e6:5.1f} M tok/s, "
+          f"{t_hf_plm / plm_times[0]:4.1f}x lit_ptm XLNet)")
     print(f"BERT-small training step:             {t_step * 1e3:7.1f} ms")
     print(f"data share of the step (assembly + collation): {(assemble + t_ours) / t_step * 100:.2f}%")
 
