@@ -327,8 +327,6 @@ def load_generator(ckpt_path: str, device: str = "cpu"):
     The layout turns a prompt's token ids into the model's input: as they are for a causal LM, framed as
     the objective framed its sources for an encoder-decoder (``frame_source``: T5 ``text [EOS]``, BART /
     MASS ``[CLS] text [SEP]``)."""
-    import inspect
-
     from lit_ptm import objectives
     from lit_ptm.hf import is_hf_dir
     from lit_ptm.objectives.encoder_decoder import EncoderDecoderLM
@@ -354,7 +352,7 @@ def load_generator(ckpt_path: str, device: str = "cpu"):
     tokenizer = Tokenizer.load(tokenizer_file)
     ids = tokenizer.ids
     if encoder_decoder:  # the decoder starts from the token the run recorded (its class's default before it did)
-        start = meta.get("decoder_start") or inspect.signature(cls).parameters["decoder_start"].default
+        start = meta.get("decoder_start") or cls.default_decoder_start()
         module = cls(config, decoder_start=start)
     else:
         module = cls(config)

@@ -212,8 +212,15 @@ def finetuned_checkpoint(tmp_path, task_cls, family, tok, **kw):
         hf_cfg = {"model_type": "gpt2", "vocab_size": tok.vocab_size, "n_embd": 64, "n_layer": 2, "n_head": 2, "n_inner": 96,
                   "n_positions": 40}
     _, config = config_from_hf(hf_cfg, "test")
+    module, run, _ = random_run(tmp_path, tok, task_cls, config=config, causal=family == "gpt2", **kw)
+    return module, run
+
+
+def random_run(tmp_path, tok, cls, **kw):
+    """``cls(**kw)`` with random weights (std 0.2, every parameter), saved as lit_ptm saves a run (meta, plain
+    hyper-parameters) into tmp_path / "run" with its tokenizer: (module in eval mode, run directory, checkpoint)."""
     torch.manual_seed(1)
-    module = task_cls(config=config, causal=family == "gpt2", **kw)
+    module = cls(**kw)
     module.configure_model()
     with torch.no_grad():
         for p in module.parameters():
@@ -224,7 +231,7 @@ def finetuned_checkpoint(tmp_path, task_cls, family, tok, **kw):
     run.mkdir(parents=True)
     torch.save(checkpoint, run / "last.ckpt")
     tok.save(run / "tokenizer.json")
-    return module.eval(), run
+    return module.eval(), run, checkpoint
 
 
 @pytest.mark.parametrize("family, task", [(f, t) for f in ("bert", "roberta", "albert") for t in ("classify", "regression", "tag", "qa")]
@@ -295,11 +302,15 @@ def test_the_newer_stack_flags_are_never_taken_for_an_hf_family():
                                  lm_head_bias=False, norm="rms")) is None
 
 
+def one_step_family(recipe, root, *flags):
+    """One training step of ``recipe`` + tiny.yaml into ``root``: the HF family its checkpoint records."""
+    run_cli(["fit", *tiny_args(recipe, root, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", *flags)])
+    return torch.load(root / "last.ckpt", weights_only=True)["lit_ptm"]["family"]
+
+
 def test_settings_without_an_hf_counterpart_are_refused_on_export(tmp_path, cache_dir):
     root = tmp_path / "shared-attention"
-    run_cli(["fit", *tiny_args("bert", root, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
-                               "--model.init_args.config.share", "attention")])
-    assert torch.load(root / "last.ckpt", weights_only=True)["lit_ptm"]["family"] is None
+    assert one_step_family("bert", root, "--model.init_args.config.share", "attention") is None
     with pytest.raises(HFError, match=r"no HF architecture computes this model exactly; nearest bert.*model.config.share='attention'"):
         export_hf(root, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
@@ -605,20 +616,9 @@ def test_hf_seq2seq_to_lit_ptm_logits_match_and_round_trip_is_exact(family, over
 
 
 def seq2seq_checkpoint(tmp_path, cls, config, tok, **kw):
-    """An encoder-decoder objective with random weights, saved as lit_ptm saves it (meta, plain hyper-parameters)."""
-    torch.manual_seed(1)
-    module = cls(config=config, **kw)
-    module.configure_model()
-    with torch.no_grad():
-        for p in module.parameters():
-            p.normal_(0, 0.2)
-    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
-    module.on_save_checkpoint(checkpoint)
-    run = tmp_path / "run"
-    run.mkdir(parents=True)
-    torch.save(checkpoint, run / "last.ckpt")
-    tok.save(run / "tokenizer.json")
-    return module.eval(), run, checkpoint["lit_ptm"]["family"]
+    """An encoder-decoder objective with random weights, saved as lit_ptm saves it, and the family it recorded."""
+    module, run, checkpoint = random_run(tmp_path, tok, cls, config=config, **kw)
+    return module, run, checkpoint["lit_ptm"]["family"]
 
 
 SEQ2SEQ_BASE = dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=48, max_position_embeddings=40, dropout=0.0,
@@ -747,13 +747,10 @@ def test_continued_bart_and_t5_pretraining_from_hf_directories_and_a_mass_run_ex
     # MASS's recipe is BART's architecture (positions offset differently: rows are added on export); with
     # BERT's LayerNorm eps (1e-12) there is nothing to export it to: HF's BART fixes 1e-5.
     root = tmp_path / "mass"
-    run_cli(["fit", *tiny_args("mass", root, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0")])
-    assert torch.load(root / "last.ckpt", weights_only=True)["lit_ptm"]["family"] == "bart"
+    assert one_step_family("mass", root) == "bart"
     assert export_hf(root, tmp_path / "hf-mass")[1] == "BartForConditionalGeneration"
     root = tmp_path / "mass-eps"
-    run_cli(["fit", *tiny_args("mass", root, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
-                               "--model.init_args.config.norm_eps", "1e-12")])
-    assert torch.load(root / "last.ckpt", weights_only=True)["lit_ptm"]["family"] is None
+    assert one_step_family("mass", root, "--model.init_args.config.norm_eps", "1e-12") is None
     with pytest.raises(HFError, match=r"nearest bart, which differs in model.config.norm_eps=1e-12 \(bart has 1e-05\)"):
         export_hf(root, tmp_path / "hf-mass-eps")
 

@@ -52,8 +52,18 @@ def closure(start: torch.Tensor, content: torch.Tensor, layers: int) -> torch.Te
 # ----------------------------------------------------------------------------------------- XLNet
 
 
-def xlnet_roles(batch, L):
-    """(target [B, L] bool, rank [B, L] long, -1 off the targets) recovered from target_positions."""
+def collated(tok, collator_cls, seed):
+    """48 windows (odd, even and padded rows) collated by ``collator_cls``: (samples, batch, ids, real, special)."""
+    samples = windows(tok, 48, seed=seed)
+    batch = collator_cls(tok.ids, seed=seed)(samples)
+    ids, real, special = padded(tok, samples)
+    assert {len(s["ids"]) % 2 for s in samples} == {0, 1} and not real.all()  # odd, even and padded rows
+    return samples, batch, ids, real, special
+
+
+def target_roles(batch, L):
+    """(target [B, L] bool, rank [B, L] long: the order index, -1 off the targets) recovered from target_positions
+    (XLNet's factorisation order; MPNet's order of the predicted tokens)."""
     pos, valid = batch["target_positions"], batch["labels"] != -100
     B, P = pos.shape
     target = torch.zeros(B, L + 1, dtype=torch.bool).scatter_(1, torch.where(valid, pos, L), True)[:, :L]
@@ -63,15 +73,12 @@ def xlnet_roles(batch, L):
 
 @pytest.mark.parametrize("seed", range(8))
 def test_xlnet_perm_mask_follows_the_order(tok, seed):
-    samples = windows(tok, 48, seed=seed)
-    batch = XLNetCollator(tok.ids, seed=seed)(samples)
-    ids, real, special = padded(tok, samples)
+    samples, batch, ids, real, special = collated(tok, XLNetCollator, seed)
     B, L = ids.shape
-    assert {len(s["ids"]) % 2 for s in samples} == {0, 1} and not real.all()  # odd, even and padded rows
     # The content stream is the windows themselves: no [MASK] anywhere.
     assert torch.equal(batch["input_ids"], ids) and not (batch["input_ids"] == tok.ids.mask).any()
     assert torch.equal(batch["attention_mask"], real)
-    target, rank = xlnet_roles(batch, L)
+    target, rank = target_roles(batch, L)
     pos, valid = batch["target_positions"], batch["labels"] != -100
     assert torch.equal(batch["labels"][valid], ids.gather(1, pos)[valid])
     assert (pos[~valid] == 0).all()
@@ -99,7 +106,7 @@ def test_xlnet_partial_prediction_share_and_ngram_lengths(tok):
     samples = long_windows(tok, 400, length=512)
     batch = XLNetCollator(tok.ids, seed=3)(samples)
     ids, _, special = padded(tok, samples)
-    target, _ = xlnet_roles(batch, ids.size(1))
+    target, _ = target_roles(batch, ids.size(1))
     n = (~special).sum(1)
     share = target.sum(1).float() / n
     assert abs(share.mean().item() - 1 / 6) < 0.005 and (share - 1 / 6).abs().max() < 0.02
@@ -143,23 +150,15 @@ def test_xlnet_any_length_and_determinism(tok):
 # ----------------------------------------------------------------------------------------- MPNet
 
 
-def mpnet_roles(batch, L):
-    """(target [B, L] bool, order [B, L] long) recovered from target_positions."""
-    return xlnet_roles(batch, L)
-
-
 @pytest.mark.parametrize("seed", range(8))
 def test_mpnet_masks_follow_the_reference_table(tok, seed):
-    samples = windows(tok, 48, seed=seed)
-    batch = MPNetCollator(tok.ids, seed=seed)(samples)
-    ids, real, special = padded(tok, samples)
+    samples, batch, ids, real, special = collated(tok, MPNetCollator, seed)
     B, L = ids.shape
     pos, valid = batch["target_positions"], batch["labels"] != -100
     C = pos.size(1)
-    assert {len(s["ids"]) % 2 for s in samples} == {0, 1} and not real.all()
     n = (~special).sum(1)
     assert torch.equal(valid.sum(1), torch.clamp((n * 0.15).round().long(), min=1))  # c = round(0.15 n)
-    target, k = mpnet_roles(batch, L)
+    target, k = target_roles(batch, L)
     assert not (target & (special | ~real)).any()
     # Layout: [window | slots], positions [positions | target positions], the query stream = the slots.
     assert torch.equal(batch["input_ids"][:, :L], ids)

@@ -9,6 +9,7 @@ buckets, pre-LN RMSNorm without biases; BART and MASS: learned positions, post-L
 
 from __future__ import annotations
 
+import inspect
 from typing import Literal
 
 import torch
@@ -51,6 +52,11 @@ class EncoderDecoderLM(PretrainObjective):
         self.lm_head = LMHead(self.config, self.encoder.embeddings.tokens)
         self.track_accuracy("lm", self.config.vocab_size)
 
+    @classmethod
+    def default_decoder_start(cls) -> str:
+        """The decoder start role this objective takes when none is given (or recorded, by older checkpoints)."""
+        return inspect.signature(cls).parameters["decoder_start"].default
+
     def decoder_start_id(self, ids) -> int:
         """The decoder's first token in a tokenizer's ids (``SpecialIds``)."""
         value = getattr(ids, self.decoder_start)
@@ -58,16 +64,20 @@ class EncoderDecoderLM(PretrainObjective):
             raise ConfigError(f"model.decoder_start={self.decoder_start}: the tokenizer has no such token")
         return value
 
-    # -- how texts are laid out (fine-tuning and generation lay theirs out as pretraining did) ----
-    def frame_source(self, text: list[int], ids) -> list[int]:
+    # -- how texts are laid out (fine-tuning and generation lay theirs out as pretraining did; no state:
+    # static, so that export reads them from the class) -----------------------------------------
+    @staticmethod
+    def frame_source(text: list[int], ids) -> list[int]:
         """An encoder input from a text's token ids: ``[CLS] text [SEP]``, as the pretraining windows."""
         return [ids.cls, *text, ids.sep]
 
-    def frame_target(self, text: list[int], ids) -> list[int]:
+    @staticmethod
+    def frame_target(text: list[int], ids) -> list[int]:
         """A decoder target from a text's ids: what the decoder learns to emit, ending in ``end_of_target``."""
         return [ids.cls, *text, ids.sep]
 
-    def end_of_target(self, ids) -> int:
+    @staticmethod
+    def end_of_target(ids) -> int:
         """The token that ends a generated target."""
         return ids.sep
 
@@ -170,13 +180,16 @@ class T5(EncoderDecoderLM):
 
         return DataRecipe(packings=("doc_sentences",), collator=collator, name="the T5 objective")
 
-    def frame_source(self, text: list[int], ids) -> list[int]:
+    @staticmethod
+    def frame_source(text: list[int], ids) -> list[int]:
         return [*text, ids.eos]  # T5: text, then end-of-sequence (no [CLS])
 
-    def frame_target(self, text: list[int], ids) -> list[int]:
+    @staticmethod
+    def frame_target(text: list[int], ids) -> list[int]:
         return [*text, ids.eos]
 
-    def end_of_target(self, ids) -> int:
+    @staticmethod
+    def end_of_target(ids) -> int:
         return ids.eos
 
 

@@ -11,7 +11,6 @@ loss on the target tokens only; generation continues ``source [SEP]``.
 
 from __future__ import annotations
 
-import inspect
 from functools import cached_property
 
 import torch
@@ -121,7 +120,7 @@ class Seq2Seq(FinetuneTask):
         starts from. (A cached_property lives outside the module tree: no weights, no state dict entry.)"""
         self.architecture()
         cls = getattr(objectives, self.objective or "EncoderDecoderLM")
-        start = self.decoder_start or inspect.signature(cls).parameters["decoder_start"].default
+        start = self.decoder_start or cls.default_decoder_start()
         self.decoder_start = self.hparams["decoder_start"] = start
         self.objective = self.hparams["objective"] = cls.__name__
         return cls(config=self.config, decoder_start=start)
