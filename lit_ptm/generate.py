@@ -189,6 +189,8 @@ def model_for_generation(module, pad_id: int, start_id: int | None = None) -> Ca
             raise ConfigError("an encoder-decoder generates from its decoder's start token: give start_id "
                               "(module.decoder_start_id(tokenizer.ids))")
         return EncoderDecoderModel(module, module.lm_head, start_id, pad_id)
+    if getattr(module, "generate_refusal", None):
+        raise ConfigError(f"a {type(module).__name__} run {module.generate_refusal}")
     if not getattr(module, "causal", False):
         raise ConfigError(f"generation needs a causal LM or an encoder-decoder; this run is a {type(module).__name__}, "
                           "which reads bidirectionally")
@@ -343,6 +345,9 @@ def load_generator(ckpt_path: str, device: str = "cpu"):
                           f"`lit-ptm predict --config configs/finetune/seq2seq.yaml --ckpt_path {path} --data.predict_file FILE`")
     cls = getattr(objectives, meta["objective"], None)
     encoder_decoder = isinstance(cls, type) and issubclass(cls, EncoderDecoderLM)
+    if getattr(cls, "generate_refusal", None):
+        raise ConfigError(f"--ckpt_path={path} holds a {meta['objective']} run, which cannot generate: a {meta['objective']} run "
+                          f"{cls.generate_refusal}")
     if cls is None or not (encoder_decoder or getattr(cls, "causal", False)):
         raise ConfigError(f"--ckpt_path={path} holds a {meta['objective']} run; generation needs a causal LM (e.g. configs/gpt.yaml) "
                           "or an encoder-decoder (T5, BART, MASS)")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_ptm.nn.config import ModelConfig
-from lit_ptm.nn.mask import LoweredMask, attend
+from lit_ptm.nn.mask import LoweredMask, RelativeDistances, attend
 
 
 class LayerCache:
@@ -64,6 +64,35 @@ class KVCache:
             c.k, c.v = c.k.index_select(0, index), c.v.index_select(0, index)
 
 
+class XLRelativeTerms(nn.Module):
+    """Transformer-XL's relative attention terms of one layer (XLNet; Dai et al. 2019, Yang et al. 2019):
+    score(i, j) = (q_i + content_bias) . k_j                               (content, with a global content bias)
+                + (q_i + position_bias) . r(sinusoid(pos_i - pos_j))        (relative position)
+                + (q_i + segment_bias) . segments[seg_i != seg_j]           (relative segment)
+    all scaled by 1 / sqrt(head_size). Each bias is [nh, hs]; ``segments`` [2, nh, hs] (same, other)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_heads, H = config.num_heads, config.hidden_size
+        self.r = nn.Linear(H, H, bias=False)
+        self.content_bias = nn.Parameter(torch.zeros(config.num_heads, config.head_size))  # XLNet's r_w_bias
+        self.position_bias = nn.Parameter(torch.zeros(config.num_heads, config.head_size))  # r_r_bias
+        self.segment_bias = nn.Parameter(torch.zeros(config.num_heads, config.head_size))  # r_s_bias
+        self.segments = nn.Parameter(torch.zeros(2, config.num_heads, config.head_size))  # seg_embed
+
+    def scores(self, q: torch.Tensor, relative: RelativeDistances) -> torch.Tensor:
+        """The position and segment terms (B, nh, Lq, Lk), unscaled, for queries q (B, nh, Lq, hs)."""
+        B, nh, Lq, hs = q.shape
+        R = self.r(relative.table).view(-1, nh, hs)  # (2D-1, nh, hs): this layer's projection of every distance
+        by_distance = torch.einsum("bnqd,mnd->bnqm", q + self.position_bias[:, None], R)  # (B, nh, Lq, 2D-1)
+        index = relative.index[:, None].expand(B, nh, Lq, relative.index.size(-1))
+        terms = by_distance.gather(-1, index)  # (B, nh, Lq, Lk)
+        if relative.other_segment is not None:
+            by_segment = torch.einsum("bnqd,snd->bnqs", q + self.segment_bias[:, None], self.segments)  # (B, nh, Lq, 2)
+            terms = terms + torch.where(relative.other_segment, by_segment[..., 1:], by_segment[..., :1])
+        return terms
+
+
 class Attention(nn.Module):
     """Multi-head attention through ``F.scaled_dot_product_attention`` (or FlexAttention, see nn.mask).
 
@@ -79,8 +108,9 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads, self.dropout = config.num_heads, config.attention_dropout
         self.scale = None if config.scale_attention else 1.0  # None: SDPA's 1 / sqrt(head_size)
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.bias)
-        self.out = nn.Linear(config.hidden_size, config.hidden_size, bias=config.bias)
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_has_bias)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_has_bias)
+        self.relative = XLRelativeTerms(config) if config.position_embedding == "xlnet_relative" else None
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         B, T, _ = x.shape  # (B, T, n * C) -> n x (B, nh, T, hs)
@@ -100,5 +130,11 @@ class Attention(nn.Module):
                 k, v = self._heads(F.linear(context, w[C:], b[C:] if b is not None else None), 2)  # (B, nh, S, hs)
         if cache is not None:
             k, v = cache.update(k, v)
+        if mask.relative is not None:  # Transformer-XL: SDPA scales (q + content_bias) . k and adds the rest as its float mask
+            scale = self.scale if self.scale is not None else q.size(-1) ** -0.5
+            bias = self.relative.scores(q, mask.relative) * scale
+            if mask.mask is not None:
+                bias = bias.masked_fill(~mask.mask, float("-inf"))
+            q, mask = q + self.relative.content_bias[:, None], LoweredMask(mask=bias)
         y = attend(q, k, v, mask, self.dropout if self.training else 0.0, self.scale)  # (B, nh, T, hs)
         return self.out(y.transpose(1, 2).reshape(B, T, C))

@@ -9,7 +9,7 @@ from lit_ptm.errors import ConfigError
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 NORM_POSITIONS = ("post", "pre")
-POSITION_EMBEDDINGS = ("learned", "none", "relative")
+POSITION_EMBEDDINGS = ("learned", "none", "relative", "xlnet_relative")
 NORMS = ("layer", "rms")
 SHARING = ("none", "all", "attention", "ffn")
 
@@ -34,10 +34,16 @@ class ModelConfig:
     position_offset: int = 0  # first row of the position table used (RoBERTa's table starts at padding_idx + 1)
     type_vocab_size: int = 0  # segment (token type) embeddings; 0: none
     # learned: absolute positions in a table; none; relative: T5's learned bias per head and bucket of
-    # (key - query) distance, added to the attention scores of every layer (no absolute positions)
-    position_embedding: Literal["learned", "none", "relative"] = "learned"
+    # (key - query) distance, added to the attention scores of every layer (no absolute positions);
+    # xlnet_relative: Transformer-XL's relative attention (XLNet): each layer projects a sinusoid of the
+    # distance query - key and scores it against the query (+ a learned bias per head), the content term
+    # gets a bias of its own, and XLNet's relative segment term (same / other segment, from token_type_ids)
+    position_embedding: Literal["learned", "none", "relative", "xlnet_relative"] = "learned"
     relative_buckets: int = 32  # T5: distance buckets (half per direction in an encoder)
     relative_max_distance: int = 128  # T5: distances beyond this share the last bucket
+    # MPNet: T5's bucketed bias (bidirectional, relative_buckets / relative_max_distance) on top of learned
+    # absolute positions, from the positions the batch carries (a permuted layout's own)
+    relative_attention_bias: bool = False
     norm_position: Literal["post", "pre"] = "post"  # post (BERT: norm after the residual add) | pre (GPT-2)
     norm_eps: float = 1e-12
     norm: Literal["layer", "rms"] = "layer"  # layer: LayerNorm (BERT, GPT-2, BART); rms: RMSNorm, no mean, no bias (T5)
@@ -45,6 +51,7 @@ class ModelConfig:
     final_norm: bool = False  # LayerNorm after the last block (pre-LN stacks)
     activation: Literal["gelu", "gelu_tanh", "relu", "silu"] = "gelu"  # gelu | gelu_tanh | relu | silu
     bias: bool = True  # biases in attention and feed-forward projections
+    attention_bias: bool | None = None  # biases in the attention projections; None: ``bias`` (XLNet: none there, FFN has them)
     dropout: float = 0.1
     attention_dropout: float = 0.1
     tie_word_embeddings: bool = True
@@ -95,6 +102,12 @@ class ModelConfig:
             bad("num_decoder_layers", "must be positive (or null: num_layers)")
         if self.position_embedding not in POSITION_EMBEDDINGS:
             bad("position_embedding", f"is not one of {', '.join(POSITION_EMBEDDINGS)}")
+        if self.relative_attention_bias and self.position_embedding in ("relative", "xlnet_relative"):
+            bad("relative_attention_bias", f"adds MPNet's bucketed bias to absolute positions; position_embedding="
+                f"{self.position_embedding} has its own relative terms")
+        if self.position_embedding == "xlnet_relative" and self.type_vocab_size:
+            bad("type_vocab_size", "must be 0 with position_embedding=xlnet_relative (XLNet encodes segments relatively, "
+                "from token_type_ids, in every layer)")
         for key in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 bad(key, "must be in [0, 1)")
@@ -111,6 +124,10 @@ class ModelConfig:
     def max_length(self) -> int:
         """The longest input the position table holds."""
         return self.max_position_embeddings - self.position_offset
+
+    @property
+    def attention_has_bias(self) -> bool:
+        return self.bias if self.attention_bias is None else self.attention_bias
 
     @property
     def head_size(self) -> int:

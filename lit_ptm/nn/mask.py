@@ -161,12 +161,30 @@ class AttentionMask:
 
 
 @dataclass(frozen=True)
+class RelativeDistances:
+    """Transformer-XL's relative attention inputs of one stream (XLNet), built once per forward and read
+    by every layer (each projects ``table`` with its own weights).
+
+    table [2D-1, H]: the sinusoid of the distances d = -(D-1) .. D-1 (row d + D - 1), dropout applied;
+    index [B or 1, Lq, Lk] long: the table row of query i and key j, position(i) - position(j) + D - 1;
+    other_segment [B, 1, Lq, Lk] bool: i and j lie in different segments (None: no segments given,
+        so no segment term, as in XLNet)."""
+
+    table: torch.Tensor
+    index: torch.Tensor
+    other_segment: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
 class LoweredMask:
-    """A mask as the kernel takes it: SDPA's ``attn_mask`` / ``is_causal``, or a FlexAttention block mask."""
+    """A mask as the kernel takes it: SDPA's ``attn_mask`` / ``is_causal``, or a FlexAttention block mask.
+    ``relative``: Transformer-XL's relative terms, which depend on the query (``mask`` is then boolean:
+    the attention module turns both into one float mask)."""
 
     mask: torch.Tensor | None = None
     is_causal: bool = False
     block_mask: object | None = None
+    relative: RelativeDistances | None = None
 
     @property
     def kernel(self) -> str:

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from lit_ptm.errors import ConfigError
-from lit_ptm.nn.attention import KVCache
+from lit_ptm.nn.attention import KVCache, XLRelativeTerms
 from lit_ptm.nn.config import ModelConfig
 from lit_ptm.nn.layers import Block, norm
 from lit_ptm.nn import mask as masks
-from lit_ptm.nn.mask import AttentionMask
+from lit_ptm.nn.mask import AttentionMask, LoweredMask, RelativeDistances
 
 
 class Embeddings(nn.Module):
@@ -46,7 +46,9 @@ class Embeddings(nn.Module):
         """input_ids [B, T] -> (B, T, E). Without position ids, positions run from ``start`` (the
         positions a KV cache already holds)."""
         T = input_ids.size(1)
-        if start + T > self.max_positions:
+        # Given position ids (packed documents, MPNet's appended slots) index the table themselves: the
+        # data's length was checked against the table when the model was configured.
+        if position_ids is None and start + T > self.max_positions:
             raise ConfigError(
                 f"sequence length {start + T} exceeds the model's {self.max_positions} positions (model.config.max_position_embeddings "
                 "less position_offset); lower data.seq_length or raise max_position_embeddings"
@@ -100,6 +102,21 @@ class RelativePositionBias(nn.Module):
         k = torch.arange(start + q_len, device=device)[None, :]
         return self.buckets(self.bucket(k - q, bidirectional)).permute(2, 0, 1)[None]  # (1, nh, Lq, Lk)
 
+    def between(self, query_positions: torch.Tensor, key_positions: torch.Tensor, bidirectional: bool) -> torch.Tensor:
+        """The bias (B, nh, Lq, Lk) of queries at query_positions [B, Lq] over keys at key_positions [B, Lk]
+        (MPNet: a permuted layout's positions, its query stream's at the targets')."""
+        distance = key_positions[:, None, :] - query_positions[:, :, None]  # (B, Lq, Lk)
+        return self.buckets(self.bucket(distance, bidirectional)).permute(0, 3, 1, 2)
+
+
+def sinusoid_distances(span: int, width: int, device=None) -> torch.Tensor:
+    """Transformer-XL's position table of the distances -(span-1) .. span-1: (2 span - 1, width), row d + span - 1
+    = [sin(d f), cos(d f)] with the frequencies f_k = 10000^(-2k / width) (the halves concatenated, not interleaved)."""
+    distance = torch.arange(-(span - 1), span, device=device, dtype=torch.float32)
+    frequency = 1.0 / 10000 ** (torch.arange(0, width, 2, device=device, dtype=torch.float32) / width)
+    angle = distance[:, None] * frequency[None]
+    return torch.cat([angle.sin(), angle.cos()], -1)
+
 
 @dataclass
 class StackOutput:
@@ -138,8 +155,11 @@ class Transformer(nn.Module):
         self.project = nn.Linear(config.embed_size, config.hidden_size) if config.embedding_size is not None else None
         self.blocks = nn.ModuleList(self._shared_blocks(config, cross_attention))
         self.final_norm = norm(config) if config.final_norm else None
-        # T5: one bias table per stack, shared by its layers (HF keeps it in the first layer).
-        self.relative_bias = RelativePositionBias(config) if config.position_embedding == "relative" else None
+        # T5 / MPNet: one bias table per stack, shared by its layers (HF keeps T5's in the first layer).
+        self.relative_bias = (RelativePositionBias(config)
+                              if config.position_embedding == "relative" or config.relative_attention_bias else None)
+        # XLNet: the sinusoid of the distances is built once per forward and dropped out (each layer projects it)
+        self.distance_dropout = nn.Dropout(config.dropout) if config.position_embedding == "xlnet_relative" else None
         for name, module in self.named_children():
             if shared and name == "embeddings":  # a shared table keeps its owner's weights
                 continue
@@ -177,12 +197,16 @@ class Transformer(nn.Module):
             nn.init.ones_(module.weight)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
+        if isinstance(module, XLRelativeTerms):  # XLNet initialises its biases and segment vectors as its weights
+            for p in (module.content_bias, module.position_bias, module.segment_bias, module.segments):
+                nn.init.normal_(p, std=self.config.init_std)
 
     def forward(
         self, input_ids: torch.Tensor, mask: AttentionMask | None = None, *, position_ids: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None, block_position_ids: torch.Tensor | None = None,
         context: torch.Tensor | None = None, context_mask: AttentionMask | None = None, cache: KVCache | None = None,
         query_stream: torch.Tensor | None = None, query_mask: AttentionMask | None = None,
+        query_columns: torch.Tensor | None = None,
     ) -> StackOutput:
         """input_ids [B, T] -> StackOutput(hidden [B, T, H], aux_losses, cache).
 
@@ -195,12 +219,47 @@ class Transformer(nn.Module):
         content stream (the tokens, under ``mask``) and the query stream (position information only,
         under ``query_mask``, usually one that hides each position's own token), whose queries attend
         to the content stream's keys and values at the same layer, through the same weights. The query
-        stream's states come back as ``StackOutput.query_hidden``."""
+        stream's states come back as ``StackOutput.query_hidden``. query_columns [B, P]: the content
+        column each query row stands for (XLNet: its target's; MPNet: its [M] slot's): its position and
+        segment are that column's, for the relative terms (None: query row i stands for column i).
+
+        Relative positions (T5's and MPNet's buckets, XLNet's sinusoid) are distances between the
+        ``position_ids`` when given (a permuted layout's, restarting per packed document), else between
+        0..T-1; XLNet's distances must lie within +-(T-1)."""
         mask = mask if mask is not None else AttentionMask()
         T, start = input_ids.size(1), cache.length if cache is not None else 0
-        if self.relative_bias is not None:  # (1, nh, T, start + T), for every layer; a decoder's buckets look back only
-            bias = self.relative_bias(T, start, bidirectional=not mask.causal)
+        g = query_stream
+        if g is not None and query_columns is None:
+            query_columns = torch.arange(g.size(1), device=input_ids.device).expand(g.size(0), -1)
+        query_mask = query_mask if query_mask is not None else AttentionMask()
+        relative = query_relative = None
+        if self.relative_bias is not None or self.distance_dropout is not None:
+            positions = (position_ids if position_ids is not None and cache is None
+                         else torch.arange(start, start + T, device=input_ids.device)[None])  # (B or 1, T)
+            query_positions = positions.expand(g.size(0), -1).gather(1, query_columns) if g is not None else None
+        if self.relative_bias is not None:  # (B or 1, nh, T, start + T), for every layer; a decoder's buckets look back only
+            bidirectional = not mask.causal
+            if position_ids is None or cache is not None:
+                bias = self.relative_bias(T, start, bidirectional)
+            else:
+                bias = self.relative_bias.between(positions, positions, bidirectional)
             mask = dataclasses.replace(mask, bias=bias if mask.bias is None else mask.bias + bias)
+            if g is not None:
+                bias = self.relative_bias.between(query_positions, positions.expand(g.size(0), -1), bidirectional)
+                query_mask = dataclasses.replace(query_mask, bias=bias if query_mask.bias is None else query_mask.bias + bias)
+        if self.distance_dropout is not None:
+            if cache is not None:
+                raise ConfigError("position_embedding=xlnet_relative (XLNet) is an encoder: it does not decode with a KV cache")
+            table = self.distance_dropout(sinusoid_distances(T, self.config.hidden_size, input_ids.device))
+            segments = token_type_ids
+
+            def distances(at: torch.Tensor, at_segments: torch.Tensor | None) -> RelativeDistances:
+                other = None if segments is None else (at_segments[:, :, None] != segments[:, None, :])[:, None]
+                return RelativeDistances(table, at[:, :, None] - positions[:, None, :] + T - 1, other)
+
+            relative = distances(positions, segments)
+            if g is not None:
+                query_relative = distances(query_positions, None if segments is None else segments.gather(1, query_columns))
         x = self.embeddings(input_ids, position_ids, token_type_ids, block_position_ids, start=start)
         if self.project is not None:
             x = self.project(x)  # (B, T, H)
@@ -208,13 +267,20 @@ class Transformer(nn.Module):
         # (documents, prefixes) and no attention dropout is drawn: it takes none.
         flex = (x.is_cuda and masks.USE_FLEX and (mask.documents is not None or mask.prefix_length is not None)
                 and not (self.training and self.config.attention_dropout > 0))
-        lowered = mask.lower(T, start + T, start, flex=flex, device=x.device)
+        if relative is None:
+            lowered = mask.lower(T, start + T, start, flex=flex, device=x.device)
+        else:  # a boolean mask (never is_causal alone), which the attention turns into one float mask with the terms
+            lowered = LoweredMask(mask=mask.dense(T, T, device=x.device), relative=relative)
         lowered_context = None
         if context is not None:
             lowered_context = (context_mask or AttentionMask()).lower(T, context.size(1), 0, cross=True, device=x.device)
         aux: dict[str, torch.Tensor] = {}
-        g = query_stream
-        lowered_query = (query_mask or AttentionMask()).lower(g.size(1), T, device=x.device) if g is not None else None
+        lowered_query = None
+        if g is not None:  # the query rows are not the key rows: lowered as cross-attention (no padding-row fix)
+            if query_relative is None:
+                lowered_query = query_mask.lower(g.size(1), T, cross=True, device=x.device)
+            else:
+                lowered_query = LoweredMask(mask=query_mask.dense(g.size(1), T, cross=True, device=x.device), relative=query_relative)
         for i, block in enumerate(self.blocks):
             if g is not None:  # the query stream reads this layer's content stream, before the block updates it
                 g, _ = block(g, lowered_query, kv_from=x)
