@@ -65,7 +65,11 @@ def signature_defaults(class_path: str) -> dict:
 def upgrade_hyperparameters(hparams: dict, class_path: str) -> None:
     """An older checkpoint's hyper-parameters as today's classes take them (in place): ModelConfig's
     ``causal`` flag left the config (causality belongs to the objective); a fine-tuning task records
-    how its backbone reads as its own ``causal`` argument."""
+    how its backbone reads as its own ``causal`` argument. A run from before ``optim.embedding_lr_scale``
+    trained its token table at lr (its optimizer state has no group of the table's own): it resumes so."""
+    optim = hparams.get("optim")
+    if isinstance(optim, dict) and "embedding_lr_scale" not in optim:
+        optim["embedding_lr_scale"] = 1.0
     config = hparams.get("config")
     if not isinstance(config, dict):
         return

@@ -317,3 +317,21 @@ def test_checkpoints_of_the_first_stack_resume_and_evaluate(tmp_path, cache_dir)
     old_objective = {"config": {"hidden_size": 8, "causal": True}}
     upgrade_hyperparameters(old_objective, "lit_ptm.objectives.CausalLM")
     assert old_objective == {"config": {"hidden_size": 8}}
+
+
+def test_a_t5_run_from_before_the_token_tables_own_rate_resumes_at_one_rate(tmp_path, cache_dir):
+    """T5's token table now trains at lr * embedding_init_std / init_std, in an optimizer group of its own.
+    A run from before that has no such group in its optimizer state: it resumes as it trained, at one rate."""
+    root = tmp_path / "t5"
+    flags = ["--trainer.limit_val_batches", "2"]
+    run_cli(["fit", *tiny_args("t5", root, "--trainer.max_steps", "2", *flags, "--model.init_args.optim.embedding_lr_scale", "1")])
+    checkpoint = torch.load(root / "last.ckpt", weights_only=True)
+    del checkpoint["hyper_parameters"]["optim"]["embedding_lr_scale"]  # as an older run's checkpoint
+    assert len(checkpoint["optimizer_states"][0]["param_groups"]) == 2
+    torch.save(checkpoint, root / "last.ckpt")
+    resumed = run_cli(["fit", *tiny_args("t5", root, "--trainer.max_steps", "3", *flags, "--ckpt_path", str(root / "last.ckpt"))])
+    assert resumed.trainer.global_step == 3 and resumed.model.optim.embedding_lr_scale == 1.0
+    assert {g["initial_lr"] for g in resumed.trainer.optimizers[0].param_groups} == {2e-3}
+    # A new run takes the table's own rate: tiny.yaml's init_std 0.07 against T5's std 1.0.
+    fresh = run_cli(["fit", *tiny_args("t5", tmp_path / "new", "--trainer.max_steps", "1", *flags)])
+    assert sorted({round(g["initial_lr"], 9) for g in fresh.trainer.optimizers[0].param_groups}) == [2e-3, round(2e-3 / 0.07, 9)]

@@ -59,7 +59,8 @@ class ModelConfig:
     lm_head_bias: bool = True
     init_std: float = 0.02
     # T5: the token table starts at std 1.0 (its tied head reads states scaled by d^-0.5: at init_std the
-    # logits would start ~15x too small to learn from); None: init_std
+    # logits would start ~15x too small to learn from); None: init_std. Under AdamW the table then trains at
+    # lr * embedding_init_std / init_std (OptimConfig.embedding_lr_scale), so that it moves at its own scale
     embedding_init_std: float | None = None
     scale_attention: bool = True  # scores / sqrt(head_size); T5 does not scale (its initialisation does)
     scale_embeddings: bool = False  # token embeddings * sqrt(E) (BART's scale_embedding, mBART)
