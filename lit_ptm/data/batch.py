@@ -39,8 +39,11 @@ class DataRecipe:
     packings: the window builders its collator accepts; the first is its default.
     collator: ``collator(special_ids, seed, isolate_documents) -> callable(samples) -> Batch``.
     name: how errors name the objective ("the MaskedLM objective with model.pair_task=nsp").
+    streams: batches as streams (``sampling.StreamSampler``): row b of a batch continues row b of the
+        previous one, in corpus order (a recurrence memory: XLNet's ``mem_len``).
     """
 
     packings: tuple[str, ...]
     collator: Callable
     name: str = "the objective"
+    streams: bool = False

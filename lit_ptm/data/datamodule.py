@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from lit_ptm.data.batch import DataRecipe
 from lit_ptm.data.builtin import write_builtin_corpus
 from lit_ptm.data.corpus import CorpusError, iter_documents, resolve_files
-from lit_ptm.data.sampling import PACKING_MODES, ResumableSampler, WindowDataset, build_windows
+from lit_ptm.data.sampling import PACKING_MODES, ResumableSampler, StreamSampler, WindowDataset, build_windows
 from lit_ptm.data.store import TokenStore, file_lock, files_fingerprint, open_store
 from lit_ptm.errors import ConfigError
 from lit_ptm.tokenizer import Tokenizer, train_tokenizer
@@ -57,9 +57,16 @@ class ResumableLoaders:
     def _rank(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
 
+    def _streams(self) -> bool:
+        """Whether batches are streams (row b continues row b of the previous batch: XLNet's memory)."""
+        return False
+
     def _make_train_sampler(self, num_samples: int, seed: int) -> ResumableSampler:
         rank, world = self._rank()
-        self._train_sampler = ResumableSampler(num_samples, seed, shuffle=True, rank=rank, world_size=world, drop_last=True)
+        if self._streams():
+            self._train_sampler = StreamSampler(num_samples, seed, self.batch_size, rank=rank, world_size=world)
+        else:
+            self._train_sampler = ResumableSampler(num_samples, seed, shuffle=True, rank=rank, world_size=world, drop_last=True)
         # The sampler starts at the epoch the fit loop is about to run, not at 0: Lightning creates a fit's
         # first iterator before it sets the sampler's epoch, and DataLoader workers prefetch from it at once,
         # so a run resumed into epoch >= 1 with num_workers > 0 replayed epoch 0's order, masks and pairs.
@@ -76,7 +83,13 @@ class ResumableLoaders:
         return ResumableSampler(num_samples, seed, shuffle=False, rank=rank, world_size=world, drop_last=False, fixed_epoch=True)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        return self._loader(split, self._make_eval_sampler(len(self.datasets[split]), self.seed), self.eval_batch_size)
+        n = len(self.datasets[split])
+        if self._streams():  # in corpus order, as streams; as many rows as the split's windows allow
+            rank, world = self._rank()
+            rows = max(1, min(self.eval_batch_size, n // world))
+            sampler = StreamSampler(n, self.seed, rows, shuffle=False, rank=rank, world_size=world, fixed_epoch=True)
+            return self._loader(split, sampler, rows)
+        return self._loader(split, self._make_eval_sampler(n, self.seed), self.eval_batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -296,6 +309,9 @@ class PretrainDataModule(ResumableLoaders, L.LightningDataModule):
 
     def _collate_fn(self):
         return self.recipe().collator(self.tokenizer.ids, self.seed, not self.cross_document_attention)
+
+    def _streams(self) -> bool:
+        return self.recipe().streams
 
     def train_dataloader(self) -> DataLoader:
         _, world = self._rank()

@@ -216,6 +216,37 @@ class ResumableSampler(Sampler):
         return iter([(epoch, i) for i in indices.tolist()])
 
 
+class StreamSampler(ResumableSampler):
+    """Transformer-XL's batching for segment recurrence (XLNet's memory): the windows, in corpus order,
+    are cut into ``world_size * batch_size`` streams of consecutive windows, and row b of each rank's
+    batch t is window t of its stream b, so a row continues the text its previous batch's row ended with.
+    Each epoch (``shuffle``) the corpus is rotated by a seeded offset first, so the streams start
+    elsewhere; windows beyond a whole number of batches are left out. Yields ``(epoch, index)`` in
+    batch order; ``resume`` skips whole batches as ResumableSampler does."""
+
+    def __init__(self, num_samples: int, seed: int, batch_size: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 fixed_epoch: bool = False):
+        super().__init__(num_samples, seed, shuffle=shuffle, rank=rank, world_size=world_size, drop_last=True, fixed_epoch=fixed_epoch)
+        self.batch_size = batch_size
+
+    @property
+    def steps(self) -> int:
+        return self.num_samples // (self.world_size * self.batch_size)
+
+    def _rank_indices(self) -> torch.Tensor:
+        streams, steps = self.world_size * self.batch_size, self.steps
+        order = torch.arange(self.num_samples)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
+            order = order.roll(-int(torch.randint(self.num_samples, (1,), generator=g)))
+        grid = order[: streams * steps].view(streams, steps)  # stream s: windows s * steps .. (s + 1) * steps - 1
+        mine = grid[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]  # (batch_size, steps)
+        return mine.T.reshape(-1)  # batch t = column t
+
+    def __len__(self) -> int:
+        return self.steps * self.batch_size
+
+
 # A redraw works on blocks of consecutive documents of about this many sentences, each block from its own
 # random stream: its temporaries stay a few MB whatever the corpus size, and blocks are independent.
 # Part of what the pairs are (changing it changes every epoch's pairs).

@@ -128,6 +128,7 @@ class StackOutput:
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
     cache: KVCache | None = None
     query_hidden: torch.Tensor | None = None  # two-stream attention: the query stream's states (B, T, H)
+    memory: list[torch.Tensor] | None = None  # Transformer-XL: each layer's input, after the memory given, detached (B, M, H)
 
 
 class Transformer(nn.Module):
@@ -206,7 +207,8 @@ class Transformer(nn.Module):
         token_type_ids: torch.Tensor | None = None, block_position_ids: torch.Tensor | None = None,
         context: torch.Tensor | None = None, context_mask: AttentionMask | None = None, cache: KVCache | None = None,
         query_stream: torch.Tensor | None = None, query_mask: AttentionMask | None = None,
-        query_columns: torch.Tensor | None = None,
+        query_columns: torch.Tensor | None = None, memory: list[torch.Tensor] | None = None,
+        memory_padding: torch.Tensor | None = None, memory_length: int = 0,
     ) -> StackOutput:
         """input_ids [B, T] -> StackOutput(hidden [B, T, H], aux_losses, cache).
 
@@ -225,7 +227,13 @@ class Transformer(nn.Module):
 
         Relative positions (T5's and MPNet's buckets, XLNet's sinusoid) are distances between the
         ``position_ids`` when given (a permuted layout's, restarting per packed document), else between
-        0..T-1; XLNet's distances must lie within +-(T-1)."""
+        0..T-1; XLNet's distances must lie within +-(T-1).
+
+        memory (XLNet, Transformer-XL's segment recurrence): per layer, the inputs of that layer over the
+        M positions that came before these T (the previous window of each row's text; no gradient), at
+        positions -M..-1; both streams attend to them as to the window (segment 0, every row sees them but
+        where ``memory_padding`` [B, M] is False). ``memory_length`` > 0: ``StackOutput.memory`` returns the
+        last ``memory_length`` of (memory, this window) per layer, for the next window."""
         mask = mask if mask is not None else AttentionMask()
         T, start = input_ids.size(1), cache.length if cache is not None else 0
         g = query_stream
@@ -247,19 +255,13 @@ class Transformer(nn.Module):
             if g is not None:
                 bias = self.relative_bias.between(query_positions, positions.expand(g.size(0), -1), bidirectional)
                 query_mask = dataclasses.replace(query_mask, bias=bias if query_mask.bias is None else query_mask.bias + bias)
+        M = memory[0].size(1) if memory else 0
+        if memory and self.distance_dropout is None:
+            raise ConfigError("a Transformer-XL memory needs position_embedding=xlnet_relative (relative positions across windows)")
         if self.distance_dropout is not None:
             if cache is not None:
                 raise ConfigError("position_embedding=xlnet_relative (XLNet) is an encoder: it does not decode with a KV cache")
-            table = self.distance_dropout(sinusoid_distances(T, self.config.hidden_size, input_ids.device))
-            segments = token_type_ids
-
-            def distances(at: torch.Tensor, at_segments: torch.Tensor | None) -> RelativeDistances:
-                other = None if segments is None else (at_segments[:, :, None] != segments[:, None, :])[:, None]
-                return RelativeDistances(table, at[:, :, None] - positions[:, None, :] + T - 1, other)
-
-            relative = distances(positions, segments)
-            if g is not None:
-                query_relative = distances(query_positions, None if segments is None else segments.gather(1, query_columns))
+            relative, query_relative = self._xl_distances(positions, query_positions, token_type_ids, query_columns, M)
         x = self.embeddings(input_ids, position_ids, token_type_ids, block_position_ids, start=start)
         if self.project is not None:
             x = self.project(x)  # (B, T, H)
@@ -270,7 +272,7 @@ class Transformer(nn.Module):
         if relative is None:
             lowered = mask.lower(T, start + T, start, flex=flex, device=x.device)
         else:  # a boolean mask (never is_causal alone), which the attention turns into one float mask with the terms
-            lowered = LoweredMask(mask=mask.dense(T, T, device=x.device), relative=relative)
+            lowered = LoweredMask(mask=self._with_memory(mask.dense(T, T, device=x.device), T, M, memory_padding, x), relative=relative)
         lowered_context = None
         if context is not None:
             lowered_context = (context_mask or AttentionMask()).lower(T, context.size(1), 0, cross=True, device=x.device)
@@ -280,12 +282,18 @@ class Transformer(nn.Module):
             if query_relative is None:
                 lowered_query = query_mask.lower(g.size(1), T, cross=True, device=x.device)
             else:
-                lowered_query = LoweredMask(mask=query_mask.dense(g.size(1), T, cross=True, device=x.device), relative=query_relative)
+                dense = query_mask.dense(g.size(1), T, cross=True, device=x.device)
+                lowered_query = LoweredMask(mask=self._with_memory(dense, g.size(1), M, memory_padding, x), relative=query_relative)
+        new_memory = [] if memory_length > 0 else None
         for i, block in enumerate(self.blocks):
+            keys = torch.cat([memory[i], x], 1) if memory else x  # (B, M + T, H): what both streams attend to
+            if new_memory is not None:
+                new_memory.append(keys[:, -memory_length:].detach())
             if g is not None:  # the query stream reads this layer's content stream, before the block updates it
-                g, _ = block(g, lowered_query, kv_from=x)
+                g, _ = block(g, lowered_query, kv_from=keys)
             x, block_aux = block(
-                x, lowered, cache=cache.layer(i) if cache is not None else None, context=context, context_mask=lowered_context,
+                x, lowered, kv_from=keys if memory else None, cache=cache.layer(i) if cache is not None else None,
+                context=context, context_mask=lowered_context,
                 cross_cache=cache.cross[i] if cache is not None and cache.cross is not None else None,
             )
             for name, value in block_aux.items():
@@ -293,7 +301,42 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.advance(T)
         norm = self.final_norm if self.final_norm is not None else (lambda h: h)
-        return StackOutput(norm(x), aux, cache, norm(g) if g is not None else None)
+        return StackOutput(norm(x), aux, cache, norm(g) if g is not None else None, new_memory)
+
+    def _xl_distances(self, positions, query_positions, segments, query_columns, M: int):
+        """XLNet's relative inputs of the content rows and of the query rows (``RelativeDistances``): one
+        sinusoid table of the distances, dropped out once for every layer; keys are the M memory
+        positions (-M..-1, segment 0 as in XLNet) and the window's."""
+        T = positions.size(1)
+        span = T + M  # distances between queries 0..T-1 and keys -M..T-1 lie within +-(span - 1)
+        table = self.distance_dropout(sinusoid_distances(span, self.config.hidden_size, positions.device))
+        keys = positions
+        if M:
+            keys = torch.cat([torch.arange(-M, 0, device=positions.device).expand(positions.size(0), M), positions], 1)
+            if segments is not None:
+                segments = torch.cat([segments.new_zeros(segments.size(0), M), segments], 1)
+
+        def distances(at: torch.Tensor, at_segments: torch.Tensor | None) -> RelativeDistances:
+            other = None if segments is None else (at_segments[:, :, None] != segments[:, None, :])[:, None]
+            return RelativeDistances(table, at[:, :, None] - keys[:, None, :] + span - 1, other)
+
+        own = segments[:, M:] if segments is not None else None
+        query = None
+        if query_positions is not None:
+            query = distances(query_positions, None if own is None else own.gather(1, query_columns))
+        return distances(positions, own), query
+
+    @staticmethod
+    def _with_memory(mask: torch.Tensor | None, rows: int, M: int, memory_padding: torch.Tensor | None, x: torch.Tensor):
+        """A window's boolean mask [B or 1, 1, rows, T] (or None) with M memory columns in front, which every
+        row sees but where ``memory_padding`` [B, M] is False."""
+        if not M:
+            return mask
+        B, T = x.size(0), x.size(1)
+        seen = (memory_padding[:, None, None, :] if memory_padding is not None
+                else torch.ones(1, 1, 1, M, dtype=torch.bool, device=x.device))
+        window = mask if mask is not None else torch.ones(1, 1, rows, T, dtype=torch.bool, device=x.device)
+        return torch.cat([seen.expand(B, 1, rows, M), window.expand(B, 1, rows, T)], -1)
 
     def new_cache(self, batch_size: int, max_length: int, cross_length: int = 0, dtype=None) -> KVCache:
         """An empty KV cache for ``batch_size`` sequences of up to ``max_length`` positions."""

@@ -8,8 +8,7 @@ the LM head runs on the query stream at the predictions only.
 
 - ``XLNet``: partial prediction (the last ~1/K of the order, whole-word n-grams), Transformer-XL's
   relative attention (``position_embedding: xlnet_relative``) with relative segments, the query stream
-  starting from one learned vector. Transformer-XL's segment recurrence (memory) is not built: every
-  window is read on its own (HF's XLNet with ``mem_len`` None / ``use_mems`` False).
+  starting from one learned vector; Transformer-XL's segment recurrence as an option (``mem_len``).
 - ``MPNet``: 15% of each sequence predicted as the last tokens of the order, their [MASK] slots (80/10/10)
   appended at their positions so every prediction sees the positions of all n tokens, BERT's blocks with
   absolute positions plus bucketed relative positions (``relative_attention_bias``).
@@ -67,13 +66,26 @@ class XLNet(PermutationLM):
     order; the query stream of a target starts from a learned vector (``query_embedding``, XLNet's
     mask_emb) and sees only what precedes it. Needs ``position_embedding: xlnet_relative`` (its relative
     attention puts each query at its target's position) and takes ``token_type_ids`` as relative
-    segments. Where it differs from XLNet: no Transformer-XL memory, no bidirectional data pipeline
-    (``bi_data``), n-grams without XLNet's context spacing (``mask_alpha``)."""
+    segments.
+
+    ``mem_len`` > 0: Transformer-XL's segment recurrence, as XLNet pretrains. Batches become streams
+    (row b continues the text of row b of the previous batch, ``sampling.StreamSampler``) and both
+    streams also attend to the last ``mem_len`` content-stream inputs of every layer from the previous
+    batches (no gradient through them), at the positions before the window. Training and evaluation
+    keep memories of their own, emptied at each epoch's and each evaluation's start; checkpoints keep the
+    training memory, so a resumed run continues exactly. Off by default (0): every window on its own, as
+    HF's XLNet with ``use_mems=False``; fine-tuning never uses it. Needs windows that continue each other:
+    the recipe's doc_sentences, or full_sentences with data.cross_document_attention (no document_ids).
+
+    Where it differs from XLNet: no bidirectional data pipeline (``bi_data``), n-grams without XLNet's
+    context spacing (``mask_alpha``), no dropout after the feed-forward's activation (HF's XLNet has one)."""
 
     special_roles = ("cls", "sep")
 
     def __init__(self, config: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig(), partial_prediction: float = 6,
-                 max_ngram: int = 5, pretrained: str | None = None, compile: bool = False):
+                 max_ngram: int = 5, mem_len: int = 0, pretrained: str | None = None, compile: bool = False):
+        if mem_len < 0:
+            raise ConfigError(f"model.mem_len={mem_len} must be >= 0 (0: no memory)")
         if partial_prediction < 1:
             raise ConfigError(f"model.partial_prediction={partial_prediction} (K: the last 1/K of the order is predicted) must be >= 1")
         if max_ngram < 1:
@@ -82,8 +94,11 @@ class XLNet(PermutationLM):
             raise ConfigError(
                 f"model.config.position_embedding={config.position_embedding!r}: XLNet's query stream carries no position of "
                 "its own, it reads its target's through relative attention: use xlnet_relative (configs/xlnet.yaml)")
-        self.partial_prediction, self.max_ngram = partial_prediction, max_ngram
+        self.partial_prediction, self.max_ngram, self.mem_len = partial_prediction, max_ngram, mem_len
         super().__init__(config, optim, pretrained, compile)
+        # Transformer-XL memory per phase: "train", "eval" -> (per-layer inputs [(B, M, H)], padding [B, M] bool)
+        self.memory: dict[str, tuple[list[torch.Tensor], torch.Tensor]] = {}
+        self.memory_epoch = -1  # the epoch whose batches filled the training memory
 
     def data_recipe(self) -> DataRecipe:
         from lit_ptm.data.collate import XLNetCollator
@@ -91,7 +106,8 @@ class XLNet(PermutationLM):
         def collator(ids, seed, isolate_documents):
             return XLNetCollator(ids, seed, self.partial_prediction, self.max_ngram, isolate_documents)
 
-        return DataRecipe(packings=("doc_sentences", "full_sentences"), collator=collator, name="the XLNet objective")
+        return DataRecipe(packings=("doc_sentences", "full_sentences"), collator=collator, name="the XLNet objective",
+                          streams=self.mem_len > 0)
 
     def build_heads(self) -> None:
         super().build_heads()
@@ -109,8 +125,54 @@ class XLNet(PermutationLM):
                                 explicit=allowed | torch.eye(L, dtype=torch.bool, device=ids.device))
         query = AttentionMask(explicit=allowed.gather(1, positions[:, :, None].expand(B, P, L)))  # [B, P, L]
         g0 = self.stack().embeddings.dropout(self.query_embedding.expand(B, P, -1))
-        return self.stack()(ids, content, position_ids=batch.get("position_ids"), token_type_ids=batch.get("token_type_ids"),
-                            query_stream=g0, query_mask=query, query_columns=positions)
+        phase = "train" if self.training else "eval"
+        memory, memory_padding = self.memory.get(phase, (None, None)) if self.mem_len else (None, None)
+        if self.mem_len and documents is not None:
+            raise ConfigError(f"model.mem_len={self.mem_len}: the memory continues each row's text across windows, but these "
+                              "windows isolate packed documents; use data.packing doc_sentences, or data.cross_document_attention true")
+        if memory is not None and memory[0].size(0) != B:  # a batch of another size cannot continue these rows
+            memory = memory_padding = None
+        out = self.stack()(ids, content, position_ids=batch.get("position_ids"), token_type_ids=batch.get("token_type_ids"),
+                           query_stream=g0, query_mask=query, query_columns=positions,
+                           memory=memory, memory_padding=memory_padding, memory_length=self.mem_len)
+        if self.mem_len:
+            real = padding.bool() if padding is not None else torch.ones(B, L, dtype=torch.bool, device=ids.device)
+            seen = real if memory_padding is None else torch.cat([memory_padding, real], 1)
+            self.memory[phase] = (out.memory, seen[:, -self.mem_len:])
+            if self.training:
+                self.memory_epoch = self.current_epoch if self._trainer is not None else 0
+        return out
+
+    # Memory: emptied where its rows no longer continue (a new epoch's streams, each evaluation), kept in checkpoints.
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        if self.memory_epoch != self.current_epoch:  # kept only by a run resumed within the epoch that filled it
+            self.memory.pop("train", None)
+
+    def on_validation_epoch_start(self):
+        self.memory.pop("eval", None)
+
+    def on_test_epoch_start(self):
+        self.memory.pop("eval", None)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if "train" in self.memory:  # every rank's rows (their streams differ): [world, layers, B, M, H], [world, B, M]
+            layers, padding = self.memory["train"]
+            layers, padding = self.all_gather(torch.stack(layers)), self.all_gather(padding)
+            if self.trainer.world_size == 1:
+                layers, padding = layers[None], padding[None]
+            checkpoint["lit_ptm"]["memory"] = {"layers": layers.cpu(), "padding": padding.cpu(), "epoch": self.memory_epoch}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint["lit_ptm"].get("memory")
+        if saved is not None and self.mem_len:
+            rank = self.global_rank if self._trainer is not None else 0
+            if rank < saved["layers"].size(0):
+                device = self.device
+                self.memory["train"] = (list(saved["layers"][rank].to(device).unbind(0)), saved["padding"][rank].to(device))
+                self.memory_epoch = saved["epoch"]
 
 
 class MPNet(PermutationLM):
