@@ -285,6 +285,25 @@ def test_t5_and_decoder_stacks_trace_without_graph_breaks():
             assert explained.graph_break_count == 0 and explained.graph_count == 1, (flags, explained.break_reasons)
 
 
+def test_two_stream_stacks_trace_without_graph_breaks():
+    """XLNet's relative attention (with segments and a Transformer-XL memory) and MPNet's bucketed bias from
+    the batch's positions, content and query streams together."""
+    xlnet = model(position_embedding="xlnet_relative", attention_bias=False, embedding_norm=False, type_vocab_size=0).train()
+    mpnet = model(relative_attention_bias=True).train()
+    columns = torch.tensor([[1, 4], [0, 5]])
+    query = AttentionMask(explicit=torch.ones(2, 2, L, dtype=torch.bool).scatter(2, columns[:, :, None], False))
+    g0 = torch.randn(2, 2, TINY.hidden_size)
+    memory = [torch.randn(2, 3, TINY.hidden_size) for _ in xlnet.blocks]
+    segments = torch.tensor([[0] * 3 + [1] * (L - 3), [0] * L])
+    positions = torch.arange(L).expand(2, L)
+    for fn in (lambda ids: xlnet(ids, AttentionMask(padding=PADDING), token_type_ids=segments, query_stream=g0, query_mask=query,
+                                 query_columns=columns, memory=memory, memory_length=3).query_hidden,
+               lambda ids: mpnet(ids, AttentionMask(padding=PADDING), position_ids=positions, query_stream=g0, query_mask=query,
+                                 query_columns=columns).query_hidden):
+        explained = torch._dynamo.explain(fn)(torch.randint(5, 99, (2, L)))
+        assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+
+
 def test_the_fused_loss_traces_without_graph_breaks_and_ignores_padding_rows():
     from lit_ptm.nn import LMHead
 
