@@ -9,8 +9,9 @@ objective's query_embedding; MPNet's bucket table, shared by its layers); the sa
 directory (``--model.pretrained HF_DIR``, ``lit-ptm import``) and writes one (``lit-ptm export``). Nothing is
 approximated: a lit_ptm setting without an exact HF counterpart is refused by name. XLNet runs without
 Transformer-XL's memory (HF's ``mem_len`` / ``use_mems``): every window is read on its own. HF's MPNet
-takes token id 1 for padding whatever its tokenizer says: export moves lit_ptm's [PAD] (id 0) there. ``transformers`` is imported only for export and
-the parity tests; reading needs ``safetensors`` for .safetensors weights (``pip install -e '.[hf]'``).
+takes token id 1 for padding whatever its tokenizer says: export moves lit_ptm's [PAD] (id 0) there.
+``transformers`` is imported only for export and the parity tests; reading needs ``safetensors`` for
+.safetensors weights (``pip install -e '.[hf]'``).
 """
 
 from __future__ import annotations
@@ -340,6 +341,11 @@ def backbone_table(family: str, config: ModelConfig, stacks=("encoder", "decoder
         for p in params:
             tensor(f"{lit}.{p}", [f"{h}.{p}" for h in hf], kind)
 
+    def feed_forward(block, up, down, norm):  # a dense feed-forward with biases and the LayerNorm after it
+        add(f"{block}.ffn.up", up)
+        add(f"{block}.ffn.down", down)
+        add(f"{block}.ffn_norm", norm)
+
     if family == "t5":
         add("encoder.embeddings.tokens", "shared", params=("weight",))  # the decoder's is the same table
         for s in stacks:
@@ -380,9 +386,7 @@ def backbone_table(family: str, config: ModelConfig, stacks=("encoder", "decoder
                     add(f"{b}.{ours}.qkv", tuple(f"{h}.{theirs}.{p}_proj" for p in "qkv"))
                     add(f"{b}.{ours}.out", f"{h}.{theirs}.out_proj")
                     add(f"{b}.{ours}_norm", f"{h}.{theirs}_layer_norm")
-                add(f"{b}.ffn.up", f"{h}.fc1")
-                add(f"{b}.ffn.down", f"{h}.fc2")
-                add(f"{b}.ffn_norm", f"{h}.final_layer_norm")
+                feed_forward(b, f"{h}.fc1", f"{h}.fc2", f"{h}.final_layer_norm")
         return rows
     e = "transformer.embeddings"
     if family == "gpt2":
@@ -411,9 +415,7 @@ def backbone_table(family: str, config: ModelConfig, stacks=("encoder", "decoder
                                  ("segments", "seg_embed")):
                 tensor(f"{r}.{ours}", f"{a}.{theirs}")
             add(f"{b}.attention_norm", f"{a}.layer_norm")
-            add(f"{b}.ffn.up", f"{h}.ff.layer_1")
-            add(f"{b}.ffn.down", f"{h}.ff.layer_2")
-            add(f"{b}.ffn_norm", f"{h}.ff.layer_norm")
+            feed_forward(b, f"{h}.ff.layer_1", f"{h}.ff.layer_2", f"{h}.ff.layer_norm")
         return rows
     add(f"{e}.tokens", "embeddings.word_embeddings", params=("weight",))
     add(f"{e}.positions", "embeddings.position_embeddings", params=("weight",))
@@ -444,9 +446,7 @@ def backbone_table(family: str, config: ModelConfig, stacks=("encoder", "decoder
         add(f"{b}.attention.qkv", (names["q"], names["k"], names["v"]))
         add(f"{b}.attention.out", names["out"])
         add(f"{b}.attention_norm", names["attn_norm"])
-        add(f"{b}.ffn.up", names["up"])
-        add(f"{b}.ffn.down", names["down"])
-        add(f"{b}.ffn_norm", names["ffn_norm"])
+        feed_forward(b, names["up"], names["down"], names["ffn_norm"])
     return rows
 
 

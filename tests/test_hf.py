@@ -510,13 +510,15 @@ def test_hf_settings_lit_ptm_cannot_compute_exactly_are_refused_on_import(tmp_pa
     assert read_hf_dir(tmp_path / "unclamped").heads == ("plm",)
     bare_xlnet = tmp_path / "bare-xlnet"
     xlnet_tok = hf_tokenizer("xlnet", bare_xlnet)
-    transformers.XLNetModel(transformers.XLNetConfig(vocab_size=len(xlnet_tok), d_model=32, n_layer=1, n_head=2, d_inner=48)).save_pretrained(bare_xlnet)
+    bare_config = transformers.XLNetConfig(vocab_size=len(xlnet_tok), d_model=32, n_layer=1, n_head=2, d_inner=48)
+    transformers.XLNetModel(bare_config).save_pretrained(bare_xlnet)
     with pytest.raises(HFError, match=r"holds no LM head \(lm_loss\)"):
         import_hf(bare_xlnet, tmp_path / "run-xlnet")
     # HF's MPNet pads with id 1 whatever its tokenizer says: a tokenizer with another padding id is refused.
     mpnet = tmp_path / "mpnet-pad"
     hf_model("mpnet", mpnet)
-    (mpnet / "tokenizer_config.json").write_text(json.dumps({**json.loads((mpnet / "tokenizer_config.json").read_text()), "pad_token": "<mask>"}))
+    written = json.loads((mpnet / "tokenizer_config.json").read_text())
+    (mpnet / "tokenizer_config.json").write_text(json.dumps({**written, "pad_token": "<mask>"}))
     (mpnet / "special_tokens_map.json").unlink(missing_ok=True)
     with pytest.raises(HFError, match=r"its padding token has id \d+, but HF's MPNet takes id 1 for padding"):
         read_hf_dir(mpnet)
@@ -529,9 +531,10 @@ def test_hf_settings_lit_ptm_cannot_compute_exactly_are_refused_on_import(tmp_pa
     assert read_hf_dir(bare).state_dict["transformer.blocks.1.ffn.up.weight"].shape == (96, 64)
 
 
-def test_roles_from_the_model_type_when_the_directory_names_none(tmp_path):
-    hf_dir = tmp_path / "roberta"
-    _, tok = hf_model("roberta", hf_dir)
+@pytest.mark.parametrize("family", ["roberta", "xlnet", "mpnet"])
+def test_roles_from_the_model_type_when_the_directory_names_none(family, tmp_path):
+    hf_dir = tmp_path / family
+    _, tok = hf_model(family, hf_dir)
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         (hf_dir / name).unlink(missing_ok=True)
     ours = Tokenizer.load(hf_dir / "tokenizer.json")
@@ -670,7 +673,8 @@ def test_an_exported_mpnet_pads_with_id_1_and_gives_the_same_logits_on_unknown_t
 @pytest.mark.parametrize("family", ["xlnet", "mpnet"])
 def test_continued_pretraining_and_fine_tuning_from_an_hf_permutation_lm(family, tmp_path, cache_dir):
     """``--model.pretrained HF_DIR``: the XLNet / MPNet objective continues from HF's weights (its LM head, XLNet's
-    mask_emb); a fine-tuning task takes the encoder, whose states are XLNetModel's / MPNetModel's."""
+    mask_emb); a fine-tuning task takes the encoder, whose states are XLNetModel's / MPNetModel's; the recipe
+    continues pretraining from the imported run through the CLI."""
     from lit_ptm import objectives
     from lit_ptm.tasks import TokenClassification
 
@@ -693,10 +697,12 @@ def test_continued_pretraining_and_fine_tuning_from_an_hf_permutation_lm(family,
         base = hf.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
     MAX_DIFF[f"fine-tuning encoder {family}"] = (states - base)[mask.bool()].abs().max().item()
     assert (states - base)[mask.bool()].abs().max().item() < 1e-5
-    args = ["--model.init_args.pretrained", str(hf_dir), "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
+    # `lit-ptm import`, then the recipe continues from the run (its LM head and XLNet's query_embedding included).
+    run = import_hf(hf_dir, tmp_path / "imported")
+    args = ["--model.init_args.pretrained", str(run), "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
             "--data.init_args.seq_length", "32"]
     cli = run_cli(["fit", *tiny_args(family, tmp_path / "continued", *args)])
-    assert cli.trainer.global_step == 2 and cli.model.started_from == str(hf_dir)
+    assert cli.trainer.global_step == 2 and cli.model.started_from == str(run / "last.ckpt")
     assert cli.model.config.hidden_size == 64 and cli.datamodule.tokenizer.vocab_size == len(tok)
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     assert torch.load(tmp_path / "continued" / "last.ckpt", weights_only=True)["lit_ptm"]["family"] == family
