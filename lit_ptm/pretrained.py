@@ -78,7 +78,7 @@ def reads_causally(meta: dict) -> bool:
 
 
 def load_pretrained(path: str | Path) -> Pretrained:
-    """A lit_ptm run (directory or .ckpt) or a local HF model directory (BERT, RoBERTa, ALBERT, GPT-2; T5 and BART,
+    """A lit_ptm run (directory or .ckpt) or a local HF model directory (BERT, RoBERTa, ALBERT, GPT-2, XLNet, MPNet; T5 and BART,
     whose backbone is their encoder)."""
     from lit_ptm.hf import is_hf_dir, read_hf_dir
 

@@ -87,6 +87,8 @@ CLASS_DEFAULTS = {
     "GPT2": {"bos": "<|endoftext|>", "eos": "<|endoftext|>", "unk": "<|endoftext|>"},
     "T5": {"eos": "</s>", "unk": "<unk>", "pad": "<pad>"},  # sentinels: its <extra_id_N> tokens (SpecialIds.sentinels)
     "Bart": {"bos": "<s>", "eos": "</s>", "sep": "</s>", "cls": "<s>", "unk": "<unk>", "pad": "<pad>", "mask": "<mask>"},
+    "XLNet": {"bos": "<s>", "eos": "</s>", "sep": "<sep>", "cls": "<cls>", "unk": "<unk>", "pad": "<pad>", "mask": "<mask>"},
+    "MPNet": {"bos": "<s>", "eos": "</s>", "sep": "</s>", "cls": "<s>", "unk": "[UNK]", "pad": "<pad>", "mask": "<mask>"},
 }
 
 
@@ -105,7 +107,8 @@ def read_roles(directory: Path) -> dict[str, str] | None:
             tokenizer_class = tokenizer_class or str(data.get("tokenizer_class") or "")
     if not found:  # an HF model directory's tokenizer.json alone: the defaults of its model_type
         model_type = json.loads((directory / "config.json").read_text()).get("model_type") if (directory / "config.json").is_file() else None
-        family = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert", "gpt2": "GPT2", "t5": "T5", "bart": "Bart"}.get(model_type)
+        family = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert", "gpt2": "GPT2", "t5": "T5", "bart": "Bart", "xlnet": "XLNet",
+                  "mpnet": "MPNet"}.get(model_type)
         return dict(CLASS_DEFAULTS[family]) if family else None
     roles = {}
     for data in found:

@@ -24,8 +24,13 @@ ROLES = {  # the special tokens each family's tokenizer has, by HF's names
     "t5": {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"},
     "bart": {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "cls_token": "<s>",
              "sep_token": "</s>", "mask_token": "<mask>"},
+    "xlnet": {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "cls_token": "<cls>", "sep_token": "<sep>",
+              "pad_token": "<pad>", "mask_token": "<mask>"},  # xlnet-base-cased's order
+    "mpnet": {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "[UNK]", "cls_token": "<s>",
+              "sep_token": "</s>", "mask_token": "<mask>"},  # <pad> at 1, as HF's MPNet reads it
 }
 T5_SENTINELS = [f"<extra_id_{i}>" for i in range(5)]
+MAX_DIFF: dict[str, float] = {}  # the largest logit difference each test measured (printed with -s)
 
 
 def hf_tokenizer(family, directory):
@@ -34,11 +39,12 @@ def hf_tokenizer(family, directory):
     from tokenizers import models, pre_tokenizers, trainers
 
     specials = list(dict.fromkeys(ROLES[family].values()))
-    if family == "t5":  # SentencePiece-like (Unigram), its sentinels last, as T5's tokenizer has them
+    if family in ("t5", "xlnet"):  # SentencePiece-like (Unigram); T5's sentinels last, as its tokenizer has them
         rust = Rust(models.Unigram())
         rust.pre_tokenizer = pre_tokenizers.Metaspace()
         rust.train_from_iterator(SENTENCES, trainer=trainers.UnigramTrainer(vocab_size=94, special_tokens=specials, unk_token="<unk>"))
-        fast = transformers.PreTrainedTokenizerFast(tokenizer_object=rust, additional_special_tokens=T5_SENTINELS, **ROLES[family])
+        sentinels = {"additional_special_tokens": T5_SENTINELS} if family == "t5" else {}
+        fast = transformers.PreTrainedTokenizerFast(tokenizer_object=rust, **sentinels, **ROLES[family])
         fast.save_pretrained(directory)
         return fast
     if family in ("roberta", "gpt2", "bart"):
@@ -72,6 +78,14 @@ def hf_model(family, directory, seed=0, **overrides):
                                                "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
                                                **TINY, "max_position_embeddings": 42, **overrides})
         model = transformers.RobertaForMaskedLM(config)
+    elif family == "mpnet":
+        config = transformers.MPNetConfig(**{"vocab_size": V, "pad_token_id": tok.pad_token_id, **TINY, "max_position_embeddings": 42,
+                                             **overrides})
+        model = transformers.MPNetForMaskedLM(config)
+    elif family == "xlnet":  # 4 heads: the [H, heads, head_size] layout matters; no memory
+        config = transformers.XLNetConfig(**{"vocab_size": V, "d_model": 64, "n_layer": 2, "n_head": 4, "d_inner": 96, "mem_len": None,
+                                             "pad_token_id": tok.pad_token_id, **overrides})
+        model = transformers.XLNetLMHeadModel(config)
     else:
         config = transformers.AlbertConfig(**{"vocab_size": V, "embedding_size": 32, "type_vocab_size": 2, "pad_token_id": tok.pad_token_id,
                                               "hidden_act": "gelu_new", **TINY, **overrides})
@@ -94,6 +108,11 @@ def batch(tok, family):
     return ids, mask, types
 
 
+def vocab_order(ours: Tokenizer, theirs) -> torch.Tensor:
+    """[V]: lit_ptm's id of each HF id (the identity, but for an exported MPNet: its [PAD] and [UNK] trade ids)."""
+    return torch.tensor([ours.hf.token_to_id(t) for t in theirs.convert_ids_to_tokens(list(range(len(theirs))))])
+
+
 def lit_logits(module, family, ids, mask, types):
     with torch.no_grad():
         batch = {"input_ids": ids, "attention_mask": mask, **({"token_type_ids": types} if types is not None else {})}
@@ -104,10 +123,11 @@ def lit_logits(module, family, ids, mask, types):
 
 
 def lit_module(pretrained):
-    from lit_ptm.objectives import CausalLM, MaskedLM
+    from lit_ptm import objectives
+    from lit_ptm.objectives import MaskedLM
 
-    if pretrained.objective == "CausalLM":
-        module = CausalLM(pretrained.config)
+    if pretrained.objective in ("CausalLM", "XLNet", "MPNet"):
+        module = getattr(objectives, pretrained.objective)(pretrained.config)
     else:
         pair = "nsp" if "pair_head.pooler.weight" in pretrained.state_dict and pretrained.config.embedding_size is None else (
             "sop" if "pair_head.pooler.weight" in pretrained.state_dict else "none")
@@ -122,10 +142,12 @@ VARIANTS = [  # beyond each family's defaults: settings whose mapping differs
     ("bert", {"tie_word_embeddings": False}), ("gpt2", {"tie_word_embeddings": False}), ("bert", {"type_vocab_size": 1}),
     ("bert", {"hidden_act": "relu", "layer_norm_eps": 1e-7}), ("roberta", {"type_vocab_size": 2}), ("roberta", {"tie_word_embeddings": False}),
     ("albert", {"embedding_size": 64}), ("albert", {"num_hidden_groups": 2}), ("gpt2", {"n_inner": None, "activation_function": "relu"}),
+    ("xlnet", {"tie_word_embeddings": False}), ("xlnet", {"ff_activation": "relu", "layer_norm_eps": 1e-7}),
+    ("mpnet", {"tie_word_embeddings": False}),
 ]
 
 
-@pytest.mark.parametrize("family, overrides", [(f, {}) for f in ("bert", "roberta", "albert", "gpt2")] + VARIANTS,
+@pytest.mark.parametrize("family, overrides", [(f, {}) for f in ("bert", "roberta", "albert", "gpt2", "xlnet", "mpnet")] + VARIANTS,
                          ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={x}" for k, x in v.items()) or "default")
 def test_hf_to_lit_ptm_logits_match_and_round_trip_is_exact(family, overrides, tmp_path):
     from lit_ptm.pretrained import load_pretrained
@@ -141,6 +163,7 @@ def test_hf_to_lit_ptm_logits_match_and_round_trip_is_exact(family, overrides, t
     logits, pair = lit_logits(module, family, ids, mask, types)
     expected = out.logits if hasattr(out, "logits") and out.logits is not None else out.prediction_logits
     real = mask.bool()
+    MAX_DIFF[f"import {family} {overrides}"] = (logits[real] - expected[real]).abs().max().item()
     assert (logits[real] - expected[real]).abs().max().item() < 1e-5
     if pair is not None:
         hf_pair = out.seq_relationship_logits if family == "bert" else out.sop_logits
@@ -170,7 +193,8 @@ def test_hf_to_lit_ptm_logits_match_and_round_trip_is_exact(family, overrides, t
 
 @pytest.mark.parametrize("recipe, hf_class", [("bert", "BertForPreTraining"), ("roberta", "RobertaForMaskedLM"),
                                               ("albert", "AlbertForPreTraining"), ("gpt", "GPT2LMHeadModel"),
-                                              ("spanbert", "BertForMaskedLM")])
+                                              ("spanbert", "BertForMaskedLM"), ("xlnet", "XLNetLMHeadModel"),
+                                              ("mpnet", "MPNetForMaskedLM")])
 def test_a_lit_ptm_trained_run_exported_gives_the_same_logits_in_hf(recipe, hf_class, tmp_path, cache_dir):
     from lit_ptm.pretrained import load_pretrained
 
@@ -186,11 +210,14 @@ def test_a_lit_ptm_trained_run_exported_gives_the_same_logits_in_hf(recipe, hf_c
     tok = transformers.AutoTokenizer.from_pretrained(out)
     ids, mask, types = batch(tok, family)
     module = lit_module(load_pretrained(root))
-    logits, pair = lit_logits(module, family, ids, mask, types)
+    order = vocab_order(Tokenizer.load(root / "tokenizer.json"), tok)  # HF id -> lit_ptm id
+    logits, pair = lit_logits(module, family, order[ids], mask, types)
+    logits = logits[..., order]
     with torch.no_grad():
         hf = model(input_ids=ids, attention_mask=mask, **({"token_type_ids": types} if types is not None else {}))
     expected = hf.logits if hasattr(hf, "logits") and hf.logits is not None else hf.prediction_logits
     real = mask.bool()
+    MAX_DIFF[f"export {recipe} recipe run"] = (logits[real] - expected[real]).abs().max().item()
     assert (logits[real] - expected[real]).abs().max().item() < 1e-5
     if pair is not None:
         assert (pair - (hf.seq_relationship_logits if recipe == "bert" else hf.sop_logits)).abs().max().item() < 1e-5
@@ -211,6 +238,8 @@ def finetuned_checkpoint(tmp_path, task_cls, family, tok, **kw):
     if family == "gpt2":
         hf_cfg = {"model_type": "gpt2", "vocab_size": tok.vocab_size, "n_embd": 64, "n_layer": 2, "n_head": 2, "n_inner": 96,
                   "n_positions": 40}
+    if family == "xlnet":
+        hf_cfg = {"model_type": "xlnet", "vocab_size": tok.vocab_size, "d_model": 64, "n_layer": 2, "n_head": 4, "d_inner": 96}
     _, config = config_from_hf(hf_cfg, "test")
     module, run, _ = random_run(tmp_path, tok, task_cls, config=config, causal=family == "gpt2", **kw)
     return module, run
@@ -234,8 +263,8 @@ def random_run(tmp_path, tok, cls, **kw):
     return module.eval(), run, checkpoint
 
 
-@pytest.mark.parametrize("family, task", [(f, t) for f in ("bert", "roberta", "albert") for t in ("classify", "regression", "tag", "qa")]
-                         + [("gpt2", "tag"), ("gpt2", "qa")])
+@pytest.mark.parametrize("family, task", [(f, t) for f in ("bert", "roberta", "albert", "mpnet") for t in ("classify", "regression", "tag", "qa")]
+                         + [("gpt2", "tag"), ("gpt2", "qa"), ("xlnet", "classify"), ("xlnet", "tag"), ("xlnet", "qa")])
 def test_each_finetuning_head_exports_to_its_hf_class_with_the_same_predictions(family, task, tmp_path):
     from lit_ptm.tasks import ExtractiveQA, SequenceClassification, TokenClassification
     from lit_ptm.tokenizer import train_tokenizer
@@ -302,6 +331,28 @@ def test_the_newer_stack_flags_are_never_taken_for_an_hf_family():
                                  lm_head_bias=False, norm="rms")) is None
 
 
+def test_xlnet_and_mpnet_are_told_apart_from_the_other_families():
+    """XLNet's relative attention, attention projections without biases and MPNet's buckets are theirs alone."""
+    from dataclasses import replace
+
+    from lit_ptm.hf import family_of, mismatches
+    from lit_ptm.nn import ModelConfig
+
+    xlnet = ModelConfig(vocab_size=99, lm_head_bias=True, **XLNET_FLAGS)
+    mpnet = ModelConfig(vocab_size=99, **MPNET_FLAGS)
+    bert = ModelConfig(vocab_size=99, type_vocab_size=2)
+    assert (family_of(xlnet), family_of(mpnet), family_of(bert)) == ("xlnet", "mpnet", "bert")
+    for config, flag in ((xlnet, {"attention_bias": None}), (xlnet, {"embedding_norm": True}), (xlnet, {"lm_head_transform": True}),
+                         (xlnet, {"norm_position": "pre", "final_norm": True}), (mpnet, {"relative_buckets": 64}),
+                         (mpnet, {"activation": "relu"}), (mpnet, {"attention_bias": False}), (bert, {"relative_attention_bias": True}),
+                         (bert, {"attention_bias": False}), (replace(bert, type_vocab_size=0), {"position_embedding": "xlnet_relative"})):
+        assert family_of(replace(config, **flag)) is None, flag
+    assert family_of(replace(mpnet, relative_attention_bias=False)) == "roberta"  # MPNet without its buckets: RoBERTa's encoder
+    assert "model.config.relative_attention_bias=False (mpnet has True)" in mismatches(bert, "mpnet")
+    assert "model.config.attention_bias=True (xlnet has False)" in mismatches(replace(xlnet, attention_bias=True), "xlnet")
+    assert "model.config.position_embedding='xlnet_relative' (roberta has 'learned')" in mismatches(xlnet, "roberta")
+
+
 def one_step_family(recipe, root, *flags):
     """One training step of ``recipe`` + tiny.yaml into ``root``: the HF family its checkpoint records."""
     run_cli(["fit", *tiny_args(recipe, root, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", *flags)])
@@ -325,8 +376,9 @@ def test_clear_errors_for_directories_lit_ptm_cannot_read(tmp_path):
         main(["import", str(not_hf), "--out", str(tmp_path / "run")])
     hf_dir = tmp_path / "t5"
     hf_dir.mkdir()
-    (hf_dir / "config.json").write_text(json.dumps({"model_type": "xlnet", "vocab_size": 10}))
-    with pytest.raises(HFError, match=r"model_type 'xlnet' is not one lit_ptm maps \(it maps bert, roberta, albert, gpt2, t5, bart\)"):
+    (hf_dir / "config.json").write_text(json.dumps({"model_type": "deberta", "vocab_size": 10}))
+    with pytest.raises(HFError, match=r"model_type 'deberta' is not one lit_ptm maps \(it maps bert, roberta, albert, gpt2, t5, bart, "
+                       r"xlnet, mpnet\)"):
         read_hf_dir(hf_dir)
     bert = tmp_path / "bert"
     hf_model("bert", bert)
@@ -442,10 +494,34 @@ def test_a_tf_era_bert_directory_reads_like_a_released_one(tmp_path):
 def test_hf_settings_lit_ptm_cannot_compute_exactly_are_refused_on_import(tmp_path):
     for family, overrides, message in (("roberta", {"hidden_act": "relu"}, "RoBERTa's LM head applies gelu"),
                                        ("bert", {"is_decoder": True}, "is_decoder=true"),
-                                       ("albert", {"num_hidden_groups": 2, "num_hidden_layers": 4}, "num_hidden_groups=2")):
-        hf_model(family, tmp_path / family, **overrides)
+                                       ("albert", {"num_hidden_groups": 2, "num_hidden_layers": 4}, "num_hidden_groups=2"),
+                                       ("xlnet", {"attn_type": "uni"}, r"attn_type='uni' is not mapped \(a causal Transformer-XL"),
+                                       ("xlnet", {"bi_data": True}, r"bi_data=True is not mapped"),
+                                       ("xlnet", {"clamp_len": 8}, r"clamp_len=8 is not mapped \(relative distances clamped"),
+                                       ("xlnet", {"ff_activation": "gelu_fast"}, r"ff_activation='gelu_fast' has no exact counterpart"),
+                                       ("mpnet", {"relative_attention_num_buckets": 64}, r"relative_attention_num_buckets=64 is not mapped"),
+                                       ("mpnet", {"hidden_act": "relu"}, "MPNet's LM head applies gelu")):
+        directory = tmp_path / f"{family}-{'-'.join(overrides)}"
+        hf_model(family, directory, **overrides)
         with pytest.raises(HFError, match=message):
-            read_hf_dir(tmp_path / family)
+            read_hf_dir(directory)
+    # XLNet's clamp_len 0 or -1 clamps nothing; a bare XLNetModel (no lm_loss) is no XLNet run to import.
+    hf_model("xlnet", tmp_path / "unclamped", clamp_len=0)
+    assert read_hf_dir(tmp_path / "unclamped").heads == ("plm",)
+    bare_xlnet = tmp_path / "bare-xlnet"
+    xlnet_tok = hf_tokenizer("xlnet", bare_xlnet)
+    bare_config = transformers.XLNetConfig(vocab_size=len(xlnet_tok), d_model=32, n_layer=1, n_head=2, d_inner=48)
+    transformers.XLNetModel(bare_config).save_pretrained(bare_xlnet)
+    with pytest.raises(HFError, match=r"holds no LM head \(lm_loss\)"):
+        import_hf(bare_xlnet, tmp_path / "run-xlnet")
+    # HF's MPNet pads with id 1 whatever its tokenizer says: a tokenizer with another padding id is refused.
+    mpnet = tmp_path / "mpnet-pad"
+    hf_model("mpnet", mpnet)
+    written = json.loads((mpnet / "tokenizer_config.json").read_text())
+    (mpnet / "tokenizer_config.json").write_text(json.dumps({**written, "pad_token": "<mask>"}))
+    (mpnet / "special_tokens_map.json").unlink(missing_ok=True)
+    with pytest.raises(HFError, match=r"its padding token has id \d+, but HF's MPNet takes id 1 for padding"):
+        read_hf_dir(mpnet)
     # A bare encoder (no MLM head) is no MLM run to import; --model.pretrained takes it (a head starts fresh).
     bare = tmp_path / "bare"
     hf_tokenizer("bert", bare)
@@ -455,9 +531,10 @@ def test_hf_settings_lit_ptm_cannot_compute_exactly_are_refused_on_import(tmp_pa
     assert read_hf_dir(bare).state_dict["transformer.blocks.1.ffn.up.weight"].shape == (96, 64)
 
 
-def test_roles_from_the_model_type_when_the_directory_names_none(tmp_path):
-    hf_dir = tmp_path / "roberta"
-    _, tok = hf_model("roberta", hf_dir)
+@pytest.mark.parametrize("family", ["roberta", "xlnet", "mpnet"])
+def test_roles_from_the_model_type_when_the_directory_names_none(family, tmp_path):
+    hf_dir = tmp_path / family
+    _, tok = hf_model(family, hf_dir)
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         (hf_dir / name).unlink(missing_ok=True)
     ours = Tokenizer.load(hf_dir / "tokenizer.json")
@@ -475,12 +552,167 @@ def test_extractive_qa_names_the_tokens_gpt2_lacks(tmp_path, cache_dir):
                  "--trainer.enable_progress_bar", "false"])
 
 
+# -- permutation LMs: XLNet (both streams) and MPNet (its encoder) --------------------------------------------
+XLNET_FLAGS = dict(position_embedding="xlnet_relative", attention_bias=False, embedding_norm=False, type_vocab_size=0,
+                   lm_head_transform=False)
+MPNET_FLAGS = dict(relative_attention_bias=True, position_offset=2, max_position_embeddings=42, type_vocab_size=0)
+UNKNOWN = "the module ☃ defines ☃ and returns 36 values."  # ☃ is no token of theirs: [UNK]
+
+
+def xlnet_batch(tok, segments: bool):
+    """XLNetCollator's batch of three windows ([CLS] text [SEP]: odd and even lengths, padded rows); ``segments``:
+    token_type_ids, the second half of each row in segment 1."""
+    from lit_ptm.data.collate import XLNetCollator
+
+    texts = ["the module number 12 defines the name 5, and returns 36 values.", "Hi there, module 7!", "the name 3 returns 9."]
+    samples = [{"ids": torch.tensor([tok.ids.cls, *ids, tok.ids.sep]), "word_start": torch.tensor([True, *starts, True]),
+                "document": torch.zeros(len(ids) + 2, dtype=torch.long), "epoch": 0, "index": i}
+               for i, (ids, starts) in enumerate(tok.encode_batch(texts))]
+    assert {len(s["ids"]) % 2 for s in samples} == {0, 1}
+    batch_ = XLNetCollator(tok.ids, seed=3, partial_prediction=2)(samples)
+    assert not batch_["attention_mask"].all() and (batch_["labels"] == -100).any()  # padded rows and padded query slots
+    if segments:
+        B, L = batch_["input_ids"].shape
+        batch_["token_type_ids"] = (torch.arange(L) >= L // 2).long().expand(B, L).contiguous()
+    return batch_
+
+
+def xlnet_diffs(module, hf, batch_) -> tuple[float, float]:
+    """Largest logit differences to HF's XLNetLMHeadModel: the content stream (no perm_mask) at real tokens, and the
+    query stream (perm_mask, target_mapping = one_hot(target_positions)) at the predicted slots. (The padded slots,
+    label -100, all point at position 0: HF's target_mapping scatters the queries onto their positions and adds
+    those that share one, lit_ptm's query rows stay apart.)"""
+    ids, mask, types = batch_["input_ids"], batch_["attention_mask"], batch_.get("token_type_ids")
+    inputs = {"input_ids": ids, "attention_mask": mask, **({"token_type_ids": types} if types is not None else {})}
+    with torch.no_grad():
+        content = module.lm_head(module.encode(inputs).hidden)
+        query = module.lm_head(module.two_streams(batch_).query_hidden)
+        hf_inputs = {**inputs, "attention_mask": mask.long()}
+        hf_content = hf(**hf_inputs).logits
+        target_mapping = torch.nn.functional.one_hot(batch_["target_positions"], ids.size(1)).float()
+        hf_query = hf(**hf_inputs, perm_mask=batch_["perm_mask"].float(), target_mapping=target_mapping).logits
+    assert query.shape == hf_query.shape == (*batch_["target_positions"].shape, content.size(-1))
+    predicted = batch_["labels"] != -100
+    return (content - hf_content)[mask].abs().max().item(), (query - hf_query)[predicted].abs().max().item()
+
+
+@pytest.mark.parametrize("segments", [False, True], ids=["no-segments", "segments"])
+def test_xlnet_both_streams_match_hf_on_import_and_export(segments, tmp_path):
+    """XLNetLMHeadModel <-> the XLNet objective: the content stream as HF without perm_mask, the query stream as HF
+    with perm_mask and target_mapping from XLNetCollator's batch, for an imported HF model and an exported lit_ptm run."""
+    from lit_ptm import objectives
+    from lit_ptm.nn import ModelConfig
+    from lit_ptm.pretrained import load_pretrained
+    from lit_ptm.tokenizer import train_tokenizer
+
+    hf_dir = tmp_path / "hf"
+    hf, _ = hf_model("xlnet", hf_dir)
+    module = lit_module(load_pretrained(hf_dir))
+    content, query = xlnet_diffs(module, hf, xlnet_batch(Tokenizer.load(hf_dir / "tokenizer.json"), segments))
+    MAX_DIFF[f"import xlnet content segments={segments}"], MAX_DIFF[f"import xlnet query segments={segments}"] = content, query
+    assert content < 1e-5 and query < 1e-5
+    run = import_hf(hf_dir, tmp_path / "imported")
+    assert "Transformer-XL's memory" in (run / "config.yaml").read_text()
+    # A lit_ptm XLNet run (lit_ptm's tokenizer, an untied head) exported: the same logits in HF.
+    tok = train_tokenizer(SENTENCES, "unigram", 300, lowercase=False)
+    config = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=48, dropout=0.0,
+                         attention_dropout=0.0, tie_word_embeddings=False, norm_eps=1e-7, **XLNET_FLAGS)
+    module, run, checkpoint = random_run(tmp_path / "lit", tok, objectives.XLNet, config=config)
+    assert checkpoint["lit_ptm"]["family"] == "xlnet"
+    out, cls = export_hf(run, tmp_path / "exported")
+    assert cls == "XLNetLMHeadModel"
+    exported = transformers.AutoModelForPreTraining.from_pretrained(out).eval()
+    assert type(exported).__name__ == cls and exported.lm_loss.weight is not exported.transformer.word_embedding.weight
+    content, query = xlnet_diffs(module, exported, xlnet_batch(tok, segments))
+    MAX_DIFF[f"export xlnet content segments={segments}"], MAX_DIFF[f"export xlnet query segments={segments}"] = content, query
+    assert content < 1e-5 and query < 1e-5
+
+
+def test_an_exported_mpnet_pads_with_id_1_and_gives_the_same_logits_on_unknown_tokens(tmp_path):
+    """lit_ptm's [PAD] is 0 and [UNK] 1; HF's MPNet pads with id 1 whatever its tokenizer says (its positions skip
+    every id 1). Export trades the two ids (token table, LM bias, tokenizer); import keeps HF's ids (any padding id
+    serves lit_ptm), so exporting the import again writes the same model."""
+    from lit_ptm import objectives
+    from lit_ptm.nn import ModelConfig
+    from lit_ptm.pretrained import load_pretrained
+    from lit_ptm.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(SENTENCES, "wordpiece", 300)
+    assert (tok.ids.pad, tok.ids.unk) == (0, 1)
+    config = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=48, dropout=0.0,
+                         attention_dropout=0.0, **MPNET_FLAGS)
+    module, run, checkpoint = random_run(tmp_path / "lit", tok, objectives.MPNet, config=config)
+    assert checkpoint["lit_ptm"]["family"] == "mpnet"
+    out, cls = export_hf(run, tmp_path / "hf")
+    assert cls == "MPNetForMaskedLM"
+    hf = transformers.AutoModelForMaskedLM.from_pretrained(out).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert (hf_tok.pad_token_id, hf_tok.unk_token_id, hf.config.pad_token_id) == (1, 0, 1)
+    enc = hf_tok([UNKNOWN, "Hi!"], padding=True, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    assert (ids[0] == hf_tok.unk_token_id).sum() == 2 and ids[0, 0] == hf_tok.cls_token_id and not mask.all()
+    order = vocab_order(tok, hf_tok)  # HF id -> lit_ptm id: 0 and 1 traded
+    assert order[:3].tolist() == [1, 0, 2] and torch.equal(order[2:], torch.arange(2, tok.vocab_size))
+    real = mask.bool()
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask).logits
+        ours = module.lm_head(module.encode({"input_ids": order[ids], "attention_mask": mask}).hidden)[..., order]
+    MAX_DIFF["export mpnet, text with [UNK]"] = (ours - theirs)[real].abs().max().item()
+    assert (ours - theirs)[real].abs().max().item() < 1e-5
+    # Back in lit_ptm: HF's ids, the same logits; exported again, the same HF model.
+    again = lit_module(load_pretrained(import_hf(out, tmp_path / "back")))
+    with torch.no_grad():
+        back = again.lm_head(again.encode({"input_ids": ids, "attention_mask": mask}).hidden)
+    assert (back - theirs)[real].abs().max().item() < 1e-5
+    twice, _ = export_hf(tmp_path / "back", tmp_path / "hf-again")
+    first, second = hf.state_dict(), transformers.MPNetForMaskedLM.from_pretrained(twice).state_dict()
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert transformers.AutoTokenizer.from_pretrained(twice)(UNKNOWN)["input_ids"] == ids[0].tolist()
+
+
+@pytest.mark.parametrize("family", ["xlnet", "mpnet"])
+def test_continued_pretraining_and_fine_tuning_from_an_hf_permutation_lm(family, tmp_path, cache_dir):
+    """``--model.pretrained HF_DIR``: the XLNet / MPNet objective continues from HF's weights (its LM head, XLNet's
+    mask_emb); a fine-tuning task takes the encoder, whose states are XLNetModel's / MPNetModel's; the recipe
+    continues pretraining from the imported run through the CLI."""
+    from lit_ptm import objectives
+    from lit_ptm.tasks import TokenClassification
+
+    hf_dir = tmp_path / "hf"
+    hf, tok = hf_model(family, hf_dir)
+    objective = {"xlnet": "XLNet", "mpnet": "MPNet"}[family]
+    continued = getattr(objectives, objective)(pretrained=str(hf_dir))
+    continued.configure_model()
+    ids, mask, _ = batch(tok, family)
+    with torch.no_grad():
+        ours = continued.eval().lm_head(continued.encode({"input_ids": ids, "attention_mask": mask}).hidden)
+        theirs = hf(input_ids=ids, attention_mask=mask).logits
+    assert (ours - theirs)[mask.bool()].abs().max().item() < 1e-5 and continued.started_from == str(hf_dir)
+    if family == "xlnet":
+        assert torch.equal(continued.query_embedding, hf.transformer.mask_emb[0, 0])
+    task = TokenClassification(pretrained=str(hf_dir), labels=["O", "B-X", "I-X"])
+    task.configure_model()
+    with torch.no_grad():
+        states = task.eval().encode({"input_ids": ids, "attention_mask": mask})
+        base = hf.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    MAX_DIFF[f"fine-tuning encoder {family}"] = (states - base)[mask.bool()].abs().max().item()
+    assert (states - base)[mask.bool()].abs().max().item() < 1e-5
+    # `lit-ptm import`, then the recipe continues from the run (its LM head and XLNet's query_embedding included).
+    run = import_hf(hf_dir, tmp_path / "imported")
+    args = ["--model.init_args.pretrained", str(run), "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
+            "--data.init_args.seq_length", "32"]
+    cli = run_cli(["fit", *tiny_args(family, tmp_path / "continued", *args)])
+    assert cli.trainer.global_step == 2 and cli.model.started_from == str(run / "last.ckpt")
+    assert cli.model.config.hidden_size == 64 and cli.datamodule.tokenizer.vocab_size == len(tok)
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    assert torch.load(tmp_path / "continued" / "last.ckpt", weights_only=True)["lit_ptm"]["family"] == family
+
+
 # -- encoder-decoders: T5 (v1.0, v1.1 / flan-t5) and BART ----------------------------------------------------
 T5_TINY = {"d_model": 32, "d_kv": 8, "num_heads": 4, "d_ff": 48, "num_layers": 2, "num_decoder_layers": 3,
            "relative_attention_num_buckets": 8, "relative_attention_max_distance": 12}  # short inputs reach the log buckets
 BART_TINY = {"d_model": 32, "encoder_layers": 2, "decoder_layers": 3, "encoder_attention_heads": 4, "decoder_attention_heads": 4,
              "encoder_ffn_dim": 48, "decoder_ffn_dim": 48, "max_position_embeddings": 40}
-MAX_DIFF: dict[str, float] = {}  # the largest logit difference each test measured (printed with -s)
 
 
 def hf_seq2seq(family, directory, seed=0, released=False, **overrides):

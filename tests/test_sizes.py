@@ -72,3 +72,14 @@ def test_spanbert_base_is_bert_base_plus_the_boundary_head():
     H = 768
     sbo = 32 * H + (3 * H * H + H) + 2 * H + (H * H + H) + 2 * H  # offsets, two Linear + LayerNorm
     assert count("spanbert.yaml") == count("bert.yaml", pair_task="none") + sbo
+
+
+def test_exact_counts_of_the_permutation_lm_references():
+    # HF XLNetLMHeadModel (xlnet-base-cased: mask_emb, tied lm_loss + its bias) and MPNetForMaskedLM (mpnet-base, 514
+    # positions), built on the meta device, hold exactly what the recipes build.
+    transformers = pytest.importorskip("transformers")
+    with torch.device("meta"):
+        xlnet = transformers.XLNetLMHeadModel(transformers.XLNetConfig(vocab_size=32000, d_model=768, n_layer=12, n_head=12, d_inner=3072))
+        mpnet = transformers.MPNetForMaskedLM(transformers.MPNetConfig(vocab_size=30527, max_position_embeddings=514))
+    assert count("xlnet.yaml") == sum(p.numel() for p in xlnet.parameters()) == 116_750_336
+    assert count("mpnet.yaml") == sum(p.numel() for p in mpnet.parameters()) == 109_518_527
