@@ -628,6 +628,44 @@ def test_xlnet_both_streams_match_hf_on_import_and_export(segments, tmp_path):
     assert content < 1e-5 and query < 1e-5
 
 
+def test_xlnets_memory_matches_hfs_mems(tmp_path):
+    """Transformer-XL's recurrence (``model.mem_len``) against HF's XLNet with ``mems``: after a first window, the
+    content stream and the query stream (perm_mask, target_mapping, segments, a padded row) of the next window
+    give HF's logits, and the memory handed on is HF's."""
+    from lit_ptm.nn import AttentionMask
+    from lit_ptm.pretrained import load_pretrained
+
+    hf_dir = tmp_path / "hf"
+    hf, _ = hf_model("xlnet", hf_dir)
+    hf.transformer.mem_len = 5
+    module = lit_module(load_pretrained(hf_dir))
+    module.mem_len = 5
+    batch_ = xlnet_batch(Tokenizer.load(hf_dir / "tokenizer.json"), segments=True)
+    ids, mask, types = batch_["input_ids"], batch_["attention_mask"], batch_["token_type_ids"]
+    first = torch.randint(5, hf.config.vocab_size, (ids.size(0), 9), generator=torch.Generator().manual_seed(1))
+    stack = module.stack()
+    with torch.no_grad():
+        mems = hf.transformer(first, use_mems=True).mems
+        previous = stack(first, memory_length=5)
+        module.memory["eval"] = (previous.memory, torch.ones(ids.size(0), 5, dtype=torch.bool))
+        assert max((m.transpose(0, 1) - ours).abs().max().item() for m, ours in zip(mems, previous.memory)) < 1e-5
+        hf_inputs = {"input_ids": ids, "attention_mask": mask.long(), "token_type_ids": types, "mems": mems, "use_mems": True}
+        hf_content = hf(**hf_inputs)
+        content = stack(ids, AttentionMask(padding=mask), token_type_ids=types, memory=previous.memory, memory_length=5)
+        assert (module.lm_head(content.hidden) - hf_content.logits)[mask].abs().max().item() < 1e-5
+        real = torch.cat([torch.ones(ids.size(0), 5, dtype=torch.bool), mask], 1)[:, -5:]  # padding's states are not HF's (never read)
+        assert max((m.transpose(0, 1) - ours)[real].abs().max().item() for m, ours in zip(hf_content.mems, content.memory)) < 1e-5
+        target_mapping = torch.nn.functional.one_hot(batch_["target_positions"], ids.size(1)).float()
+        hf_query = hf(**hf_inputs, perm_mask=batch_["perm_mask"].float(), target_mapping=target_mapping).logits
+        query = module.lm_head(module.two_streams(batch_).query_hidden)
+        predicted = batch_["labels"] != -100
+        MAX_DIFF["xlnet with memory, query"] = diff = (query - hf_query)[predicted].abs().max().item()
+        assert diff < 1e-5
+        # Without the memory, the same window gives other logits: the comparison above is not vacuous.
+        module.memory.clear()
+        assert (module.lm_head(module.two_streams(batch_).query_hidden) - hf_query)[predicted].abs().max().item() > 1e-3
+
+
 def test_an_exported_mpnet_pads_with_id_1_and_gives_the_same_logits_on_unknown_tokens(tmp_path):
     """lit_ptm's [PAD] is 0 and [UNK] 1; HF's MPNet pads with id 1 whatever its tokenizer says (its positions skip
     every id 1). Export trades the two ids (token table, LM bias, tokenizer); import keeps HF's ids (any padding id
