@@ -7,8 +7,9 @@ embedding projection; T5's relative bias kept in each stack's first block, BART'
 by 2 and its final_logits_bias; XLNet's [H, heads, head_size] projections and its mask_emb, the XLNet
 objective's query_embedding; MPNet's bucket table, shared by its layers); the same table reads an HF model
 directory (``--model.pretrained HF_DIR``, ``lit-ptm import``) and writes one (``lit-ptm export``). Nothing is
-approximated: a lit_ptm setting without an exact HF counterpart is refused by name. XLNet runs without
-Transformer-XL's memory (HF's ``mem_len`` / ``use_mems``): every window is read on its own. HF's MPNet
+approximated: a lit_ptm setting without an exact HF counterpart is refused by name. HF's ``mem_len`` /
+``use_mems`` are not carried over: an imported XLNet reads every window on its own unless its continued
+pretraining sets ``model.mem_len`` (Transformer-XL's memory, equal to HF's ``mems``). HF's MPNet
 takes token id 1 for padding whatever its tokenizer says: export moves lit_ptm's [PAD] (id 0) there.
 ``transformers`` is imported only for export and the parity tests; reading needs ``safetensors`` for
 .safetensors weights (``pip install -e '.[hf]'``).
@@ -741,8 +742,8 @@ def import_hf(source, out, overwrite: bool = False) -> Path:
 
 
 IMPORT_NOTES = {  # what `lit-ptm import` says of a family beyond its weights
-    "xlnet": "lit_ptm's XLNet reads every window on its own: Transformer-XL's memory (HF's mem_len, use_mems) is not\n"
-             "carried from one batch to the next; the logits of one forward are HF's without mems.",
+    "xlnet": "HF's mem_len / use_mems are not carried over: the run reads every window on its own (HF's logits without\n"
+             "mems); continued pretraining with --model.mem_len M adds Transformer-XL's memory (equal to HF's mems).",
 }
 
 

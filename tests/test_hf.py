@@ -612,7 +612,7 @@ def test_xlnet_both_streams_match_hf_on_import_and_export(segments, tmp_path):
     MAX_DIFF[f"import xlnet content segments={segments}"], MAX_DIFF[f"import xlnet query segments={segments}"] = content, query
     assert content < 1e-5 and query < 1e-5
     run = import_hf(hf_dir, tmp_path / "imported")
-    assert "Transformer-XL's memory" in (run / "config.yaml").read_text()
+    assert "--model.mem_len M adds Transformer-XL's memory" in (run / "config.yaml").read_text()
     # A lit_ptm XLNet run (lit_ptm's tokenizer, an untied head) exported: the same logits in HF.
     tok = train_tokenizer(SENTENCES, "unigram", 300, lowercase=False)
     config = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=48, dropout=0.0,
