@@ -8,7 +8,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")  # the test extra installs it; CI runs these
 
-from conftest import CONFIGS, run_cli, scalars, tiny_args  # noqa: E402
+from conftest import CONFIGS, random_run, run_cli, scalars, tiny_args  # noqa: E402
 from lit_ptm.hf import HFError, export_hf, import_hf, read_hf_dir  # noqa: E402
 from lit_ptm.tokenizer import Tokenizer  # noqa: E402
 
@@ -214,24 +214,6 @@ def finetuned_checkpoint(tmp_path, task_cls, family, tok, **kw):
     _, config = config_from_hf(hf_cfg, "test")
     module, run, _ = random_run(tmp_path, tok, task_cls, config=config, causal=family == "gpt2", **kw)
     return module, run
-
-
-def random_run(tmp_path, tok, cls, **kw):
-    """``cls(**kw)`` with random weights (std 0.2, every parameter), saved as lit_ptm saves a run (meta, plain
-    hyper-parameters) into tmp_path / "run" with its tokenizer: (module in eval mode, run directory, checkpoint)."""
-    torch.manual_seed(1)
-    module = cls(**kw)
-    module.configure_model()
-    with torch.no_grad():
-        for p in module.parameters():
-            p.normal_(0, 0.2)
-    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
-    module.on_save_checkpoint(checkpoint)
-    run = tmp_path / "run"
-    run.mkdir(parents=True)
-    torch.save(checkpoint, run / "last.ckpt")
-    tok.save(run / "tokenizer.json")
-    return module.eval(), run, checkpoint
 
 
 @pytest.mark.parametrize("family, task", [(f, t) for f in ("bert", "roberta", "albert") for t in ("classify", "regression", "tag", "qa")]
