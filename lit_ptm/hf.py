@@ -35,8 +35,10 @@ ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "s
 ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu", "swish": "silu"}
 ENCODER = {"norm_position": "post", "embedding_norm": True, "final_norm": False, "lm_head_transform": True, "lm_head_bias": True}
 # What every family but T5 computes: LayerNorm, biases, learned absolute positions, scaled scores, a dense feed-forward.
+# No family has MPNet's bucketed bias on top of absolute positions (before it was listed here, an MPNet run
+# was taken for roberta, and its export silently dropped the bias).
 COMMON_FLAGS = {"bias": True, "position_embedding": "learned", "norm": "layer", "scale_attention": True, "scale_embeddings": False,
-                "lm_head_scale": False, "feed_forward": "dense", "block_position_embedding": False}
+                "lm_head_scale": False, "feed_forward": "dense", "block_position_embedding": False, "relative_attention_bias": False}
 # The flags of ModelConfig each family fixes (values not listed are free: sizes, eps, activation, dropout;
 # T5: its feed-forward (dense or gated), the LM head's tie and scale, its buckets; BART: the embedding
 # scale, the position offset (export adds or drops rows), the tie).
@@ -74,6 +76,8 @@ def mismatches(config: ModelConfig, family: str) -> list[str]:
             out.append(f"model.config.share={config.share!r} (albert shares all layers or none)")
     elif factorised:
         out.append(f"model.config.embedding_size={config.embedding_size} ({family} has no factorised embeddings)")
+    if config.attention_has_bias != config.bias:  # every family has biases in all of its projections or in none
+        out.append(f"model.config.attention_bias={config.attention_bias!r} with bias={config.bias!r} ({family} has the same in both)")
     if family == "bert" and config.type_vocab_size < 1:
         out.append("model.config.type_vocab_size=0 (bert has segment embeddings; without them it is roberta)")
     if family == "roberta" and config.activation != "gelu":

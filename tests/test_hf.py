@@ -271,17 +271,24 @@ def test_a_gpt2_classification_run_and_mean_pooling_are_refused_on_export(tmp_pa
 
 
 def test_the_newer_stack_flags_are_never_taken_for_an_hf_family():
-    """RMSNorm, unscaled attention, a gated feed-forward, scaled embeddings or LM head: BERT computes none of them."""
+    """RMSNorm, unscaled attention, a gated feed-forward, scaled embeddings or LM head, MPNet's relative bias,
+    attention projections without biases: BERT computes none of them. Nor is any family XLNet or MPNet."""
+    import yaml
+
     from lit_ptm.hf import family_of
     from lit_ptm.nn import ModelConfig
 
     assert family_of(ModelConfig(vocab_size=99, type_vocab_size=2)) == "bert"
     for flag in ({"norm": "rms"}, {"scale_attention": False}, {"feed_forward": "gated"}, {"scale_embeddings": True},
-                 {"lm_head_scale": True}, {"block_position_embedding": True}):
+                 {"lm_head_scale": True}, {"block_position_embedding": True}, {"relative_attention_bias": True},
+                 {"attention_bias": False}):
         assert family_of(ModelConfig(vocab_size=99, type_vocab_size=2, **flag)) is None, flag
         assert family_of(ModelConfig(vocab_size=99, type_vocab_size=0, **flag)) is None, flag
     assert family_of(ModelConfig(vocab_size=99, norm_position="pre", final_norm=True, embedding_norm=False, lm_head_transform=False,
                                  lm_head_bias=False, norm="rms")) is None
+    for recipe in ("xlnet", "mpnet"):  # an MPNet was once taken for roberta, whose export dropped its relative bias
+        config = yaml.safe_load((CONFIGS / f"{recipe}.yaml").read_text())["model"]["init_args"]["config"]
+        assert family_of(ModelConfig(vocab_size=99, **config)) is None, recipe
 
 
 def one_step_family(recipe, root, *flags):
@@ -295,6 +302,18 @@ def test_settings_without_an_hf_counterpart_are_refused_on_export(tmp_path, cach
     assert one_step_family("bert", root, "--model.init_args.config.share", "attention") is None
     with pytest.raises(HFError, match=r"no HF architecture computes this model exactly; nearest bert.*model.config.share='attention'"):
         export_hf(root, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("kind", ["xlnet", "mpnet"])
+def test_a_permutation_lm_run_is_refused_on_export(kind, tmp_path):
+    """No HF family computes them (an MPNet was once exported as a roberta without its relative bias)."""
+    from test_seq2seq import write_run
+
+    run = write_run(tmp_path / kind, kind)
+    assert torch.load(run / "last.ckpt", weights_only=True)["lit_ptm"]["family"] is None
+    with pytest.raises(HFError, match="no HF architecture computes this model exactly; nearest roberta"):
+        export_hf(run, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
 
 
