@@ -109,13 +109,15 @@ class RelativePositionBias(nn.Module):
         return self.buckets(self.bucket(distance, bidirectional)).permute(0, 3, 1, 2)
 
 
-def sinusoid_distances(span: int, width: int, device=None) -> torch.Tensor:
+def sinusoid_distances(span: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """Transformer-XL's position table of the distances -(span-1) .. span-1: (2 span - 1, width), row d + span - 1
-    = [sin(d f), cos(d f)] with the frequencies f_k = 10000^(-2k / width) (the halves concatenated, not interleaved)."""
-    distance = torch.arange(-(span - 1), span, device=device, dtype=torch.float32)
-    frequency = 1.0 / 10000 ** (torch.arange(0, width, 2, device=device, dtype=torch.float32) / width)
+    = [sin(d f), cos(d f)] with the frequencies f_k = 10000^(-2k / width) (the halves concatenated, not interleaved).
+    In ``dtype``, computed in float32 (float64 for a float64 model: a float32 sin rounds differently on other CPUs)."""
+    exact = torch.float64 if dtype == torch.float64 else torch.float32
+    distance = torch.arange(-(span - 1), span, device=device, dtype=exact)
+    frequency = 1.0 / 10000 ** (torch.arange(0, width, 2, device=device, dtype=exact) / width)
     angle = distance[:, None] * frequency[None]
-    return torch.cat([angle.sin(), angle.cos()], -1)
+    return torch.cat([angle.sin(), angle.cos()], -1).to(dtype)
 
 
 @dataclass
@@ -250,7 +252,9 @@ class Transformer(nn.Module):
         if self.distance_dropout is not None:
             if cache is not None:
                 raise ConfigError("position_embedding=xlnet_relative (XLNet) is an encoder: it does not decode with a KV cache")
-            table = self.distance_dropout(sinusoid_distances(T, self.config.hidden_size, input_ids.device))
+            # In the weights' dtype: a float32 table failed the projection of a float64 (or bf16-true) model.
+            table = self.distance_dropout(sinusoid_distances(T, self.config.hidden_size, input_ids.device,
+                                                             self.embeddings.tokens.weight.dtype))
             segments = token_type_ids
 
             def distances(at: torch.Tensor, at_segments: torch.Tensor | None) -> RelativeDistances:
