@@ -41,6 +41,8 @@ ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "s
 ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu", "swish": "silu"}
 ENCODER = {"norm_position": "post", "embedding_norm": True, "final_norm": False, "lm_head_transform": True, "lm_head_bias": True}
 # What every family but T5 computes: LayerNorm, biases, learned absolute positions, scaled scores, a dense feed-forward.
+# No family has MPNet's bucketed bias on top of absolute positions (before it was listed here, an MPNet run
+# was taken for roberta, and its export silently dropped the bias).
 COMMON_FLAGS = {"bias": True, "position_embedding": "learned", "norm": "layer", "scale_attention": True, "scale_embeddings": False,
                 "lm_head_scale": False, "feed_forward": "dense", "block_position_embedding": False, "relative_attention_bias": False}
 MPNET_PAD = 1  # HF's MPNet reads token id 1 as padding (its embeddings' padding_idx, its position ids), whatever its config says

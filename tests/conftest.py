@@ -21,6 +21,18 @@ def cache_dir(tmp_path_factory) -> Path:
     return path
 
 
+# The collator tests' text: windows of its BPE pieces (the ``tok`` fixture) with many multi-piece words.
+SENTENCES = [f"word{i} alpha{i % 7}beta gamma{i % 13}delta epsilon" for i in range(400)]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """A 300-piece BPE tokenizer of SENTENCES."""
+    from lit_ptm.tokenizer import train_tokenizer
+
+    return train_tokenizer(SENTENCES, "bpe", vocab_size=300, lowercase=False)
+
+
 def write_corpus(path: Path, n_docs: int = 40, seed: int = 0, sentences=(3, 8)) -> Path:
     """A small synthetic text corpus: documents of sentences over a 300-word vocabulary."""
     import random
@@ -73,6 +85,31 @@ def tiny_args(objective: str, root: Path, *extra: str) -> list[str]:
         "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", *extra,
     ]
+
+
+def random_module(cls, **kw):
+    """``cls(**kw)`` built with random weights (std 0.2, every parameter, so that zero-initialised biases
+    count too), in eval mode."""
+    torch.manual_seed(1)
+    module = cls(**kw)
+    module.configure_model()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, 0.2)
+    return module.eval()
+
+
+def random_run(tmp_path, tok, cls, **kw):
+    """``random_module(cls, **kw)`` saved as lit_ptm saves a run (meta, plain hyper-parameters) into
+    tmp_path / "run" with its tokenizer: (module in eval mode, run directory, checkpoint)."""
+    module = random_module(cls, **kw)
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(checkpoint)
+    run = tmp_path / "run"
+    run.mkdir(parents=True)
+    torch.save(checkpoint, run / "last.ckpt")
+    tok.save(run / "tokenizer.json")
+    return module, run, checkpoint
 
 
 def scalars(run_dir: Path, tag: str) -> dict[int, float]:

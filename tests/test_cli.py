@@ -8,10 +8,10 @@ import torch
 
 from conftest import CONFIGS, ROOT, run_cli, run_module, scalars, tiny_args, write_corpus
 
-RECIPES = ["gpt", "bert", "roberta", "albert", "spanbert", "mass", "t5", "bart"]
+RECIPES = ["gpt", "bert", "roberta", "albert", "spanbert", "mass", "t5", "bart", "xlnet", "mpnet"]
 # The loss parts each recipe logs besides its loss (MLM + a second objective), and its accuracies.
 PARTS = {"bert": ("mlm", "nsp"), "albert": ("mlm", "sop"), "spanbert": ("mlm", "sbo")}
-ACCURACIES = {"gpt": (), "mass": ("lm",), "t5": ("lm",), "bart": ("lm",)}
+ACCURACIES = {"gpt": (), "mass": ("lm",), "t5": ("lm",), "bart": ("lm",), "xlnet": ("plm",), "mpnet": ("plm",)}
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -44,10 +44,11 @@ def test_recipe_lowers_validation_loss_and_tests(recipe, tmp_path, cache_dir):
     assert tested["test/loss"].item() < before - 1.0
 
 
-@pytest.mark.parametrize("recipe", ["gpt", "bert", "albert", "bart"])
+@pytest.mark.parametrize("recipe", ["gpt", "bert", "albert", "bart", "xlnet"])
 def test_killed_run_resumes_with_the_same_batches_and_losses(recipe, tmp_path, cache_dir):
     """Killed after step 8, resumed from the checkpoint of step 5: the same losses as a straight run.
-    BART (dropout, span and sentence-permutation noise drawn in worker processes) on the built-in corpus.
+    BART (dropout, span and sentence-permutation noise drawn in worker processes) and XLNet (dropout,
+    n-grams and factorisation orders drawn in worker processes) on the built-in corpus.
     The pair recipes draw their sentence pairs per epoch: on a corpus of 3-4 batches an epoch (committed
     tokenizers, so the count is the same everywhere), the checkpoint falls inside epoch 1 and the resumed
     run goes on through epochs 2 and 3. The resumed run reads its data in two DataLoader worker processes,
@@ -319,7 +320,7 @@ def test_nsp_head_learns_next_sentence_prediction_when_documents_differ_in_topic
 
 
 # -- resuming: the config a user gives is the config that runs; "train some more" is exact -------
-@pytest.mark.parametrize("recipe", ["gpt", "bert", "roberta", "spanbert", "mass", "t5", "bart"])
+@pytest.mark.parametrize("recipe", ["gpt", "bert", "roberta", "spanbert", "mass", "t5", "bart", "xlnet", "mpnet"])
 def test_train_some_more_continues_with_the_batches_of_an_uninterrupted_run(recipe, tmp_path, cache_dir):
     """K steps (fit ends at max_steps, validating at its last step, as configs/tiny.yaml does), then the
     same run resumed to 2K: the same losses as 2K straight. The schedule is constant, so its length

@@ -14,13 +14,17 @@ from lit_ptm.tokenizer import Tokenizer
 
 @pytest.fixture(scope="module")
 def pretrained_runs(tmp_path_factory, cache_dir):
-    """A briefly pretrained encoder (BERT: MLM + NSP) and decoder (GPT) on the built-in corpus."""
+    """Briefly pretrained runs on the built-in corpus (tiny.yaml: 300 steps), each trained when a test first
+    asks for it: an encoder (BERT: MLM + NSP), a decoder (GPT), the permutation LMs (XLNet, MPNet)."""
     root = tmp_path_factory.mktemp("pretrained")
-    runs = {}
-    for recipe in ("bert", "gpt"):
-        run_cli(["fit", *tiny_args(recipe, root / recipe)])  # tiny.yaml: 300 steps
-        runs[recipe] = root / recipe
-    return runs
+
+    class Runs(dict):
+        def __missing__(self, recipe):
+            run_cli(["fit", *tiny_args(recipe, root / recipe)])
+            self[recipe] = root / recipe
+            return self[recipe]
+
+    return Runs()
 
 
 # -- features: hand-made cases ----------------------------------------------------------------------
@@ -72,7 +76,7 @@ def test_pair_layouts_for_encoders_and_causal_models(pretrained_runs):
 
 
 # -- loading pretrained weights ---------------------------------------------------------------------
-@pytest.mark.parametrize("recipe", ["bert", "gpt"])
+@pytest.mark.parametrize("recipe", ["bert", "gpt", "xlnet", "mpnet"])
 def test_finetuning_starts_from_the_pretrained_weights(recipe, pretrained_runs):
     from lit_ptm.tasks import SequenceClassification
 
@@ -186,6 +190,37 @@ def test_classification_trains_well_above_chance_tests_and_predicts(recipe, pret
     predictions = [json.loads(line) for line in (root / "predictions.jsonl").read_text().splitlines()]
     assert [p["id"] for p in predictions] == [r["id"] for r in rows[:20]]
     assert sum(p["prediction"] == r["label"] for p, r in zip(predictions, rows)) >= 17
+
+
+@pytest.mark.parametrize("recipe", ["xlnet", "mpnet"])
+def test_a_permutation_lm_fine_tunes_as_an_encoder_and_xlnet_reads_segments(recipe, pretrained_runs, tmp_path, monkeypatch):
+    """The content stream of an XLNet or MPNet run is the encoder a task takes: a few steps of the built-in
+    demo task, then of the pair tasks (classification, QA), whose token types reach XLNet's relative segment
+    term (they once did not: a batch carried them only with a segment table, which XLNet has not). MPNet
+    has no segments."""
+    from conftest import ROOT
+    from lit_ptm.tasks.demo import PACKAGES
+
+    monkeypatch.chdir(ROOT)
+    run = pretrained_runs[recipe]
+    demo = run_cli(["fit", *finetune_args(run, tmp_path / "demo", "--trainer.max_steps", "3", "--trainer.log_every_n_steps", "1")])
+    assert demo.model.started_from == str(run / "last.ckpt") and not demo.model.reads_causally()
+    assert set(demo.model.labels) == set(PACKAGES)  # the demo: which standard-library package a docstring is from
+    losses = scalars(tmp_path / "demo", "train/loss")
+    assert sorted(losses) == [0, 1, 2] and all(math.isfinite(v) for v in losses.values())
+    pairs, questions = keyword_dataset(tmp_path / "pairs.jsonl", 48, 0, pair=True), qa_dataset(tmp_path / "qa.jsonl", 24, 0)
+    for task, args in (("classify", finetune_args(run, tmp_path / "pair", "--data.init_args.train_file", str(pairs),
+                                                  "--data.init_args.val_file", str(pairs), "--data.init_args.text_pair_field", "text2")),
+                       ("qa", qa_args(run, tmp_path / "qa", questions, questions))):
+        cli = run_cli(["fit", *args, "--trainer.max_steps", "2"])
+        batch = next(iter(cli.datamodule.train_dataloader()))
+        assert ("token_type_ids" in batch) == (recipe == "xlnet"), task
+        if recipe == "xlnet":
+            assert batch["token_type_ids"].any(), task  # B's (the context's) tokens are segment 1
+            model = cli.model.eval()
+            with torch.no_grad():
+                moved = torch.stack([*model(batch)]) - torch.stack([*model({k: v for k, v in batch.items() if k != "token_type_ids"})])
+            assert moved.abs().max() > 1e-4, task
 
 
 def test_regression_layer_decay_and_frozen_embeddings(pretrained_runs, tmp_path, monkeypatch):

@@ -287,3 +287,24 @@ def test_the_generate_subcommand_frames_an_encoder_decoders_source(kind, tmp_pat
     assert capsys.readouterr().out.strip() == tokenizer.hf.decode(new).strip()
     with pytest.raises(ConfigError, match="holds a MaskedLM run; generation needs a causal LM .* or an encoder-decoder"):
         load_generator(str(write_run(tmp_path / "bert", "bert")))
+
+
+@pytest.mark.parametrize("kind", ["xlnet", "mpnet"])
+def test_a_permutation_lm_is_refused_with_its_reason(kind, tmp_path, cache_dir):
+    """XLNet and MPNet predict in a sampled order, not left to right: the subcommand and model_for_generation
+    both refuse them, saying why and what generates instead."""
+    import dataclasses
+
+    from test_seq2seq import CONFIGS, write_run
+
+    from lit_ptm.generate import model_for_generation
+    from lit_ptm.objectives import PermutationLM
+
+    cls, config = CONFIGS[kind]
+    refused = run_module(["generate", "--ckpt_path", str(write_run(tmp_path / kind, kind)), "--prompt", "alpha beta"])
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert f"holds a {cls.__name__} run, which cannot generate" in refused.stderr
+    assert PermutationLM.generate_refusal in " ".join(refused.stderr.split())  # however the message is wrapped
+    with pytest.raises(ConfigError) as e:
+        model_for_generation(cls(config=dataclasses.replace(config, vocab_size=60)), PAD)
+    assert str(e.value) == f"a {cls.__name__} run {PermutationLM.generate_refusal}"

@@ -8,7 +8,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")  # the test extra installs it; CI runs these
 
-from conftest import CONFIGS, run_cli, scalars, tiny_args  # noqa: E402
+from conftest import CONFIGS, random_run, run_cli, scalars, tiny_args  # noqa: E402
 from lit_ptm.hf import HFError, export_hf, import_hf, read_hf_dir  # noqa: E402
 from lit_ptm.tokenizer import Tokenizer  # noqa: E402
 
@@ -245,24 +245,6 @@ def finetuned_checkpoint(tmp_path, task_cls, family, tok, **kw):
     return module, run
 
 
-def random_run(tmp_path, tok, cls, **kw):
-    """``cls(**kw)`` with random weights (std 0.2, every parameter), saved as lit_ptm saves a run (meta, plain
-    hyper-parameters) into tmp_path / "run" with its tokenizer: (module in eval mode, run directory, checkpoint)."""
-    torch.manual_seed(1)
-    module = cls(**kw)
-    module.configure_model()
-    with torch.no_grad():
-        for p in module.parameters():
-            p.normal_(0, 0.2)
-    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
-    module.on_save_checkpoint(checkpoint)
-    run = tmp_path / "run"
-    run.mkdir(parents=True)
-    torch.save(checkpoint, run / "last.ckpt")
-    tok.save(run / "tokenizer.json")
-    return module.eval(), run, checkpoint
-
-
 @pytest.mark.parametrize("family, task", [(f, t) for f in ("bert", "roberta", "albert", "mpnet") for t in ("classify", "regression", "tag", "qa")]
                          + [("gpt2", "tag"), ("gpt2", "qa"), ("xlnet", "classify"), ("xlnet", "tag"), ("xlnet", "qa")])
 def test_each_finetuning_head_exports_to_its_hf_class_with_the_same_predictions(family, task, tmp_path):
@@ -318,17 +300,25 @@ def test_a_gpt2_classification_run_and_mean_pooling_are_refused_on_export(tmp_pa
 
 
 def test_the_newer_stack_flags_are_never_taken_for_an_hf_family():
-    """RMSNorm, unscaled attention, a gated feed-forward, scaled embeddings or LM head: BERT computes none of them."""
+    """RMSNorm, unscaled attention, a gated feed-forward, scaled embeddings or LM head, MPNet's relative bias,
+    attention projections without biases: BERT computes none of them (and only MPNet has the bias, on a
+    table without token types); the XLNet and MPNet recipes are XLNet and MPNet, never another family."""
+    import yaml
+
     from lit_ptm.hf import family_of
     from lit_ptm.nn import ModelConfig
 
     assert family_of(ModelConfig(vocab_size=99, type_vocab_size=2)) == "bert"
     for flag in ({"norm": "rms"}, {"scale_attention": False}, {"feed_forward": "gated"}, {"scale_embeddings": True},
-                 {"lm_head_scale": True}, {"block_position_embedding": True}):
+                 {"lm_head_scale": True}, {"block_position_embedding": True}, {"relative_attention_bias": True},
+                 {"attention_bias": False}):
         assert family_of(ModelConfig(vocab_size=99, type_vocab_size=2, **flag)) is None, flag
-        assert family_of(ModelConfig(vocab_size=99, type_vocab_size=0, **flag)) is None, flag
+        assert family_of(ModelConfig(vocab_size=99, type_vocab_size=0, **flag)) == ("mpnet" if "relative_attention_bias" in flag else None), flag
     assert family_of(ModelConfig(vocab_size=99, norm_position="pre", final_norm=True, embedding_norm=False, lm_head_transform=False,
                                  lm_head_bias=False, norm="rms")) is None
+    for recipe in ("xlnet", "mpnet"):  # an MPNet was once taken for roberta, whose export dropped its relative bias
+        config = yaml.safe_load((CONFIGS / f"{recipe}.yaml").read_text())["model"]["init_args"]["config"]
+        assert family_of(ModelConfig(vocab_size=99, **config)) == recipe
 
 
 def test_xlnet_and_mpnet_are_told_apart_from_the_other_families():

@@ -1,17 +1,9 @@
 import pytest
 import torch
 
-from conftest import long_windows
+from conftest import SENTENCES, long_windows
 from lit_ptm.data.collate import MPNetCollator, XLNetCollator
 from lit_ptm.data.collate.common import pad_windows
-from lit_ptm.tokenizer import train_tokenizer
-
-SENTENCES = [f"word{i} alpha{i % 7}beta gamma{i % 13}delta epsilon" for i in range(400)]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return train_tokenizer(SENTENCES, "bpe", vocab_size=300, lowercase=False)
 
 
 def windows(tok, n, low=5, high=64, seed=0, documents=1):

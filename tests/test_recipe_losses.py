@@ -2,7 +2,7 @@
 
 tests/data/recipe_losses.json was written by this module (``LIT_PTM_RECORD_LOSSES=1 pytest
 tests/test_recipe_losses.py`` records the recipes it lacks; ``=all`` rewrites every entry) at commit
-6de0322, before the stack was reshaped (SpanBERT, MASS, T5 and BART when they were added): a refactoring of the
+6de0322, before the stack was reshaped (SpanBERT, MASS, T5 and BART, later XLNet and MPNet, when they were added): a refactoring of the
 stack, the collators or the objectives that changes what a recipe trains changes these numbers. Each
 pretraining recipe runs 20 steps of configs/tiny.yaml with dropout 0.1 (so the dropout stream is
 checked too) on a generated corpus with committed tokenizers; each fine-tuning recipe then runs 20
@@ -23,7 +23,7 @@ from test_finetune import keyword_dataset, ner_dataset, qa_dataset
 DATA = Path(__file__).parent / "data"
 REFERENCE = DATA / "recipe_losses.json"
 RECORD = os.environ.get("LIT_PTM_RECORD_LOSSES") in ("1", "all")
-PRETRAIN = ("bert", "roberta", "albert", "gpt", "spanbert", "mass", "t5", "bart")
+PRETRAIN = ("bert", "roberta", "albert", "gpt", "spanbert", "mass", "t5", "bart", "xlnet", "mpnet")
 FINETUNE = (("classify", "bert"), ("tag", "bert"), ("qa", "bert"), ("classify", "gpt"))
 STEPS = 20
 

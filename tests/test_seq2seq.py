@@ -11,7 +11,7 @@ import torch
 
 from conftest import run_cli, scalars
 from lit_ptm.nn import ModelConfig
-from lit_ptm.objectives import BART, MASS, T5, CausalLM, MaskedLM
+from lit_ptm.objectives import BART, MASS, MPNet, T5, CausalLM, MaskedLM, XLNet
 
 WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega value".split()
 TINY = dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=64, dropout=0.0,
@@ -26,6 +26,9 @@ CONFIGS = {
     "gpt": (CausalLM, ModelConfig(**TINY, norm_position="pre", final_norm=True, embedding_norm=False, lm_head_transform=False,
                                   lm_head_bias=False)),
     "bert": (MaskedLM, ModelConfig(**TINY)),
+    "xlnet": (XLNet, ModelConfig(**TINY, position_embedding="xlnet_relative", attention_bias=False, embedding_norm=False,
+                                 lm_head_transform=False)),
+    "mpnet": (MPNet, ModelConfig(**{**TINY, "max_position_embeddings": 66}, position_offset=2, relative_attention_bias=True)),
 }
 
 
@@ -167,10 +170,11 @@ def test_a_fresh_model_without_a_pretrained_run():
             Seq2Seq(config=config, **bad)
 
 
-def test_an_encoder_only_run_is_refused(runs, tmp_path, copy_files):
+@pytest.mark.parametrize("kind", ["bert", "xlnet", "mpnet"])
+def test_an_encoder_only_run_is_refused(kind, runs, tmp_path, copy_files):
     train, dev = copy_files
-    with pytest.raises(ValueError, match="MaskedLM run, an encoder only: sequence-to-sequence fine-tuning needs a decoder"):
-        run_cli(["fit", *args(runs["bert"], tmp_path / "x", "--data.init_args.train_file", str(train),
+    with pytest.raises(ValueError, match=f"{CONFIGS[kind][0].__name__} run, an encoder only: sequence-to-sequence fine-tuning needs a decoder"):
+        run_cli(["fit", *args(runs[kind], tmp_path / "x", "--data.init_args.train_file", str(train),
                               "--data.init_args.val_file", str(dev))])
 
 

@@ -51,6 +51,9 @@ def test_exact_counts_of_the_reference_architectures():
     # HF BertForPreTraining (bert-base-uncased: MLM + pooler + NSP) and GPT2LMHeadModel (gpt2) hold exactly these.
     assert count("bert.yaml", "base.yaml") == 110_106_428
     assert count("gpt.yaml", "base.yaml") == 124_439_808
+    # HF XLNetLMHeadModel (xlnet-base-cased: tied head + its bias) and MPNetForMaskedLM (microsoft/mpnet-base, 514 positions).
+    assert count("xlnet.yaml") == 116_750_336
+    assert count("mpnet.yaml") == 109_518_527
 
 
 @pytest.mark.parametrize("recipe, published", [

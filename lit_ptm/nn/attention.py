@@ -87,10 +87,13 @@ class XLRelativeTerms(nn.Module):
         by_distance = torch.einsum("bnqd,mnd->bnqm", q + self.position_bias[:, None], R)  # (B, nh, Lq, 2D-1)
         index = relative.index[:, None].expand(B, nh, Lq, relative.index.size(-1))
         terms = by_distance.gather(-1, index)  # (B, nh, Lq, Lk)
+        by_segment = torch.einsum("bnqd,snd->bnqs", q + self.segment_bias[:, None], self.segments)  # (B, nh, Lq, 2)
         if relative.other_segment is not None:
-            by_segment = torch.einsum("bnqd,snd->bnqs", q + self.segment_bias[:, None], self.segments)  # (B, nh, Lq, 2)
-            terms = terms + torch.where(relative.other_segment, by_segment[..., 1:], by_segment[..., :1])
-        return terms
+            return terms + torch.where(relative.other_segment, by_segment[..., 1:], by_segment[..., :1])
+        # No segments given (pretraining, single texts): all in one, the same-segment term on every key. A constant
+        # along each row, it changes no attention weight (as HF's XLNet, which leaves the term out), but keeps the
+        # segment parameters in the loss's graph: DDP refused to train XLNet while they took no part in it.
+        return terms + by_segment[..., :1]
 
 
 class Attention(nn.Module):

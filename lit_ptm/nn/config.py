@@ -131,6 +131,12 @@ class ModelConfig:
         return self.bias if self.attention_bias is None else self.attention_bias
 
     @property
+    def reads_token_types(self) -> bool:
+        """Whether token_type_ids enter the model: segment embeddings, or XLNet's relative segments (which
+        need no table: type_vocab_size is 0 there)."""
+        return bool(self.type_vocab_size) or self.position_embedding == "xlnet_relative"
+
+    @property
     def head_size(self) -> int:
         return self.hidden_size // self.num_heads
 

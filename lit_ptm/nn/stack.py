@@ -109,13 +109,15 @@ class RelativePositionBias(nn.Module):
         return self.buckets(self.bucket(distance, bidirectional)).permute(0, 3, 1, 2)
 
 
-def sinusoid_distances(span: int, width: int, device=None) -> torch.Tensor:
+def sinusoid_distances(span: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """Transformer-XL's position table of the distances -(span-1) .. span-1: (2 span - 1, width), row d + span - 1
-    = [sin(d f), cos(d f)] with the frequencies f_k = 10000^(-2k / width) (the halves concatenated, not interleaved)."""
-    distance = torch.arange(-(span - 1), span, device=device, dtype=torch.float32)
-    frequency = 1.0 / 10000 ** (torch.arange(0, width, 2, device=device, dtype=torch.float32) / width)
+    = [sin(d f), cos(d f)] with the frequencies f_k = 10000^(-2k / width) (the halves concatenated, not interleaved).
+    In ``dtype``, computed in float32 (float64 for a float64 model: a float32 sin rounds differently on other CPUs)."""
+    exact = torch.float64 if dtype == torch.float64 else torch.float32
+    distance = torch.arange(-(span - 1), span, device=device, dtype=exact)
+    frequency = 1.0 / 10000 ** (torch.arange(0, width, 2, device=device, dtype=exact) / width)
     angle = distance[:, None] * frequency[None]
-    return torch.cat([angle.sin(), angle.cos()], -1)
+    return torch.cat([angle.sin(), angle.cos()], -1).to(dtype)
 
 
 @dataclass
@@ -309,7 +311,9 @@ class Transformer(nn.Module):
         positions (-M..-1, segment 0 as in XLNet) and the window's."""
         T = positions.size(1)
         span = T + M  # distances between queries 0..T-1 and keys -M..T-1 lie within +-(span - 1)
-        table = self.distance_dropout(sinusoid_distances(span, self.config.hidden_size, positions.device))
+        # In the weights' dtype: a float32 table failed the projection of a float64 (or bf16-true) model.
+        table = self.distance_dropout(sinusoid_distances(span, self.config.hidden_size, positions.device,
+                                                         self.embeddings.tokens.weight.dtype))
         keys = positions
         if M:
             keys = torch.cat([torch.arange(-M, 0, device=positions.device).expand(positions.size(0), M), positions], 1)

@@ -121,7 +121,7 @@ class SequenceClassification(FinetuneTask):
         real = torch.arange(ids.size(1)) < lengths[:, None]
         if not real.all():
             batch["attention_mask"] = real
-        if self.config.type_vocab_size:
+        if self.config.reads_token_types:  # not type_vocab_size: XLNet reads them without a table
             batch["token_type_ids"] = pad_windows(samples, "token_type", 0)
         if all("label" in s for s in samples):
             batch["labels"] = torch.tensor([s["label"] for s in samples], dtype=torch.float if self.regression else torch.long)
