@@ -62,6 +62,21 @@ class UniLM(MaskedLM):
 
         return DataRecipe(packings=("nsp_pairs",), collator=collator, name="the UniLM objective")
 
+    generation_modes = ("l2r", "seq2seq")
+
+    def generation(self, mode: str, ids):
+        """How ``lit-ptm generate --mode`` reads this run: (CausalModel, end token, prompt layout). l2r: the
+        prompt ``[CLS] text`` continued left to right (segment 2) up to [EOS] or max_new_tokens; seq2seq:
+        ``[CLS] text [SEP]`` a bidirectional source (segment 4), the target written left to right (segment 5)
+        up to [SEP]. Each step predicts at a [MASK] slot, as the model was trained (a cloze task)."""
+        from lit_ptm.generate import CausalModel
+
+        a, b = SEGMENTS[mode]
+        model = CausalModel(self, self.stack(), self.lm_head, ids.pad, types=(a, b), prefix=mode == "seq2seq", slot_id=ids.mask)
+        if mode == "l2r":
+            return model, ids.eos, lambda text: [ids.cls, *text]
+        return model, ids.sep, lambda text: [ids.cls, *text, ids.sep]
+
     def attention_mask(self, batch: Batch) -> AttentionMask:
         """Bidirectional: padding only; l2r: causal; r2l: its mirror; seq2seq: causal after a bidirectional
         prefix (the batch's ``prefix_length``)."""
