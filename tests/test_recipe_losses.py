@@ -23,14 +23,15 @@ from test_finetune import keyword_dataset, ner_dataset, qa_dataset
 DATA = Path(__file__).parent / "data"
 REFERENCE = DATA / "recipe_losses.json"
 RECORD = os.environ.get("LIT_PTM_RECORD_LOSSES") in ("1", "all")
-PRETRAIN = ("bert", "roberta", "albert", "gpt", "spanbert", "mass", "t5", "bart")
+PRETRAIN = ("bert", "roberta", "albert", "gpt", "spanbert", "mass", "t5", "bart", "unilm")
 FINETUNE = (("classify", "bert"), ("tag", "bert"), ("qa", "bert"), ("classify", "gpt"))
 STEPS = 20
 
 
 def _train_losses(run_dir: Path) -> dict[str, list[float]]:
     out = {}
-    for tag in ("train/loss", "train/mlm_loss", "train/nsp_loss", "train/sop_loss", "train/sbo_loss"):
+    for tag in ("train/loss", "train/mlm_loss", "train/nsp_loss", "train/sop_loss", "train/sbo_loss",
+                "train/loss_bidirectional", "train/loss_l2r", "train/loss_r2l", "train/loss_seq2seq"):
         values = scalars(run_dir, tag)
         if values:
             out[tag] = [values[step] for step in sorted(values)]
