@@ -126,8 +126,8 @@ class _CausalSession:
         if model.types is not None:  # (B, L): the prompt's segment, then the new tokens'
             types = torch.where(torch.arange(L, device=ids.device) < self.prompt_width, *model.types).expand(B, L)
         start = self.fed if self.cache is not None else 0
-        hidden = model.stack(ids[:, start:], mask, position_ids=positions[:, start:], cache=self.cache,
-                             token_type_ids=types[:, start:] if types is not None else None).hidden
+        extra = {"token_type_ids": types[:, start:]} if types is not None else {}
+        hidden = model.stack(ids[:, start:], mask, position_ids=positions[:, start:], cache=self.cache, **extra).hidden
         self.fed = self.ids.size(1)
         if self.cache is not None and model.slot_id is not None:
             self.cache.length -= 1  # the slot's keys: the token picked there is fed at the next step

@@ -86,6 +86,9 @@ def test_fixed_seed_losses_equal_the_recorded_ones(name, measured):
     for tag, values in reference.items():
         values = values if isinstance(values, list) else [values]
         ours = got[tag] if isinstance(got[tag], list) else [got[tag]]
-        assert len(ours) == len(values) == (STEPS if tag.startswith("train/") else 1), tag
+        # UniLM's per-sub-task and NSP losses: logged at the steps that ran their sub-task (NSP: repeated by Lightning)
+        sparse = name == "unilm" and tag not in ("train/loss", "train/mlm_loss")
+        full = (len(values) if sparse else STEPS) if tag.startswith("train/") else 1
+        assert len(ours) == len(values) == full, tag
         worst = max(abs(a - b) for a, b in zip(ours, values))
         assert worst <= 1e-6, f"{name} {tag}: differs from the recorded losses by up to {worst:.3g}"

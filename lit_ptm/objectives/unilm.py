@@ -93,11 +93,15 @@ class UniLM(MaskedLM):
 
     def _log_parts(self, split, parts, batch) -> None:
         """The base's, plus ``{split}/loss_{task}``, and ``{split}/mlm_loss`` on every batch (the base logs
-        parts only where there are two: here, on bidirectional batches)."""
+        parts only where there are two: here, on bidirectional batches). In training, the sub-task's loss
+        goes straight to the logger at this step: ``self.log`` would repeat a key's last value at every
+        later logging step of the epoch, also where its sub-task did not run."""
         super()._log_parts(split, parts, batch)
         step, n = split == "train", len(batch["input_ids"])
-        names = {f"loss_{TASKS[batch.get('task', 0)]}": parts.total}
         if len(parts.parts) == 1:
-            names["mlm_loss"] = parts.parts["mlm"]
-        for name, value in names.items():
-            self.log(f"{split}/{name}", value, on_step=step, on_epoch=not step, batch_size=n)
+            self.log(f"{split}/mlm_loss", parts.parts["mlm"], on_step=step, on_epoch=not step, batch_size=n)
+        name = f"{split}/loss_{TASKS[batch.get('task', 0)]}"
+        if not step:
+            self.log(name, parts.total, on_epoch=True, batch_size=n)
+        elif self.logger is not None and self.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
+            self.logger.log_metrics({name: parts.total.item()}, step=self.global_step)
