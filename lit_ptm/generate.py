@@ -73,19 +73,27 @@ def _padded(rows: list[list[int]], pad_id: int, device, left: bool) -> tuple[tor
 
 @dataclass
 class CausalModel:
-    """A causal stack and its LM head: each prompt is the start of its row's sequence."""
+    """A causal stack and its LM head: each prompt is the start of its row's sequence.
+
+    UniLM reads the same way with three settings: ``types`` (the prompt's and the new tokens' segment
+    ids), ``prefix`` (the prompt is a bidirectional prefix: seq2seq's source) and ``slot_id`` (a cloze
+    model predicts the token at a position that holds [MASK]: each step appends that slot, reads the
+    prediction there and drops the slot from the cache, so that the token picked takes its place)."""
 
     module: torch.nn.Module  # put in eval mode while generating
     stack: torch.nn.Module
     head: torch.nn.Module
     pad_id: int
+    types: tuple[int, int] | None = None
+    prefix: bool = False
+    slot_id: int | None = None
 
     def check(self, prompts: list[list[int]], max_new_tokens: int) -> None:
         if any(len(p) == 0 for p in prompts):
             raise ConfigError("an empty prompt: give at least one token (e.g. the tokenizer's EOS)")
-        longest = max(len(p) for p in prompts) + max_new_tokens
+        longest = max(len(p) for p in prompts) + max_new_tokens + (self.slot_id is not None)
         if longest > self.stack.config.max_length:
-            raise ConfigError(f"a prompt of {longest - max_new_tokens} tokens + {max_new_tokens} new ones exceeds "
+            raise ConfigError(f"a prompt of {max(len(p) for p in prompts)} tokens + {max_new_tokens} new ones exceeds "
                               f"the model's {self.stack.config.max_length} positions")
 
     def start(self, prompts: list[list[int]], copies: int, max_new_tokens: int, use_cache: bool) -> _CausalSession:
@@ -99,17 +107,31 @@ class _CausalSession:
     def __init__(self, model: CausalModel, rows: list[list[int]], max_new_tokens: int, use_cache: bool):
         self.model = model
         self.ids, self.real = _padded(rows, model.pad_id, model.head.output_weight.device, left=True)  # (B, L)
-        self.cache = model.stack.new_cache(len(rows), self.ids.size(1) + max_new_tokens) if use_cache else None
+        self.prompt_width = self.ids.size(1)
+        slot = model.slot_id is not None
+        self.cache = model.stack.new_cache(len(rows), self.ids.size(1) + max_new_tokens + slot) if use_cache else None
         self.fed = 0
 
     def logprobs(self) -> torch.Tensor:
         """(B, V): the log-probabilities of each row's next token."""
-        positions = (self.real.long().cumsum(1) - 1).clamp(min=0)
-        mask = AttentionMask(causal=True, padding=None if self.real.all() else self.real)
+        model, ids, real = self.model, self.ids, self.real
+        if model.slot_id is not None:  # the position to predict holds [MASK]
+            ids = torch.cat([ids, torch.full_like(ids[:, :1], model.slot_id)], 1)
+            real = torch.cat([real, torch.ones_like(real[:, :1])], 1)
+        B, L = ids.shape
+        positions = (real.long().cumsum(1) - 1).clamp(min=0)
+        prefix = torch.full((B,), self.prompt_width, device=ids.device) if model.prefix else None
+        mask = AttentionMask(causal=True, padding=None if real.all() else real, prefix_length=prefix)
+        types = None
+        if model.types is not None:  # (B, L): the prompt's segment, then the new tokens'
+            types = torch.where(torch.arange(L, device=ids.device) < self.prompt_width, *model.types).expand(B, L)
         start = self.fed if self.cache is not None else 0
-        hidden = self.model.stack(self.ids[:, start:], mask, position_ids=positions[:, start:], cache=self.cache).hidden
+        extra = {"token_type_ids": types[:, start:]} if types is not None else {}
+        hidden = model.stack(ids[:, start:], mask, position_ids=positions[:, start:], cache=self.cache, **extra).hidden
         self.fed = self.ids.size(1)
-        return torch.log_softmax(self.model.head(hidden[:, -1]).float(), -1)
+        if self.cache is not None and model.slot_id is not None:
+            self.cache.length -= 1  # the slot's keys: the token picked there is fed at the next step
+        return torch.log_softmax(model.head(hidden[:, -1]).float(), -1)
 
     def append(self, token: torch.Tensor) -> None:
         self.ids = torch.cat([self.ids, token[:, None]], 1)
@@ -191,6 +213,9 @@ def model_for_generation(module, pad_id: int, start_id: int | None = None) -> Ca
         return EncoderDecoderModel(module, module.lm_head, start_id, pad_id)
     if getattr(module, "generate_refusal", None):
         raise ConfigError(f"a {type(module).__name__} run {module.generate_refusal}")
+    if getattr(module, "generation_modes", None):
+        raise ConfigError(f"a {type(module).__name__} run generates in a mode ({', '.join(module.generation_modes)}): "
+                          "Generator(module.generation(mode, tokenizer.ids)[0], ...)")
     if not getattr(module, "causal", False):
         raise ConfigError(f"generation needs a causal LM or an encoder-decoder; this run is a {type(module).__name__}, "
                           "which reads bidirectionally")
@@ -324,11 +349,12 @@ class Generator:
 
 
 # -- the subcommand -------------------------------------------------------------------------------------
-def load_generator(ckpt_path: str, device: str = "cpu"):
+def load_generator(ckpt_path: str, device: str = "cpu", mode: str | None = None):
     """A run (directory or checkpoint) as (Generator, tokenizer, prompt layout), read with weights_only=True.
     The layout turns a prompt's token ids into the model's input: as they are for a causal LM, framed as
     the objective framed its sources for an encoder-decoder (``frame_source``: T5 ``text [EOS]``, BART /
-    MASS ``[CLS] text [SEP]``)."""
+    MASS ``[CLS] text [SEP]``). ``mode``: how a run with ``generation_modes`` (UniLM: l2r, seq2seq) generates
+    (None: its first)."""
     from lit_ptm import objectives
     from lit_ptm.hf import is_hf_dir
     from lit_ptm.objectives.encoder_decoder import EncoderDecoderLM
@@ -348,7 +374,11 @@ def load_generator(ckpt_path: str, device: str = "cpu"):
     if getattr(cls, "generate_refusal", None):
         raise ConfigError(f"--ckpt_path={path} holds a {meta['objective']} run, which cannot generate: a {meta['objective']} run "
                           f"{cls.generate_refusal}")
-    if cls is None or not (encoder_decoder or getattr(cls, "causal", False)):
+    modes = getattr(cls, "generation_modes", ())
+    if mode is not None and mode not in modes:
+        raise ConfigError(f"--mode={mode}: a {meta['objective']} run " + (f"generates in modes {', '.join(modes)}" if modes
+                                                                          else "takes no --mode"))
+    if cls is None or not (encoder_decoder or getattr(cls, "causal", False) or modes):
         raise ConfigError(f"--ckpt_path={path} holds a {meta['objective']} run; generation needs a causal LM (e.g. configs/gpt.yaml) "
                           "or an encoder-decoder (T5, BART, MASS)")
     tokenizer_file = tokenizer_of(path)
@@ -364,6 +394,9 @@ def load_generator(ckpt_path: str, device: str = "cpu"):
     module.configure_model()
     module.load_state_dict(raw["state_dict"])
     module.to(device)
+    if modes:  # UniLM: a causal reading of its stack (``generation``: the model, its end token, its prompt layout)
+        model, end_id, layout = module.generation(mode or modes[0], ids)
+        return Generator(model, eos_id=end_id, pad_id=ids.pad), tokenizer, layout
     if encoder_decoder:
         start_id, end_id = layout_ids(module, ids, f"a {meta['objective']} run")
         generator = Generator(module, eos_id=end_id, pad_id=ids.pad, start_id=start_id)
@@ -383,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--mode", choices=("l2r", "seq2seq"), help="UniLM runs: continue the prompt left to right (default) "
+                        "or write a target for it as a source")
     defaults = GenerationConfig()
     for name in ("max_new_tokens", "top_k", "num_beams", "seed"):
         parser.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
@@ -400,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.output and Path(args.output).exists() and not args.overwrite:
         raise LitPtmError(f"--output={args.output} exists: choose another file or pass --overwrite")
     records = [{"prompt": args.prompt}] if args.prompt is not None else read_prompts(args.prompts_file)
-    generator, tokenizer, layout = load_generator(args.ckpt_path, args.device)
+    generator, tokenizer, layout = load_generator(args.ckpt_path, args.device, args.mode)
     rows = []
     for start in range(0, len(records), args.batch_size):
         chunk = records[start : start + args.batch_size]

@@ -782,6 +782,8 @@ def export_hf(source, out, overwrite: bool = False) -> tuple[Path, str]:
     objective, heads, extra = meta["objective"], (), {}
     if objective in ("MaskedLM", "SpanBERT", "MPNet"):  # SpanBERT: the stack and MLM head (its boundary head has no HF place);
         heads = ("mlm", "pair") if hparams.get("pair_task", "none") != "none" else ("mlm",)  # MPNet: the content stream's
+    elif objective == "UniLM":  # BERT's stack, MLM head and NSP head; the sub-tasks' segment ids are rows of its type table
+        heads = ("mlm", "pair")
     elif objective == "CausalLM":
         heads = ("lm",)
     elif objective == "XLNet":  # XLNetLMHeadModel: the content stream, or the query stream given perm_mask and target_mapping

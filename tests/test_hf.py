@@ -194,13 +194,13 @@ def test_hf_to_lit_ptm_logits_match_and_round_trip_is_exact(family, overrides, t
 @pytest.mark.parametrize("recipe, hf_class", [("bert", "BertForPreTraining"), ("roberta", "RobertaForMaskedLM"),
                                               ("albert", "AlbertForPreTraining"), ("gpt", "GPT2LMHeadModel"),
                                               ("spanbert", "BertForMaskedLM"), ("xlnet", "XLNetLMHeadModel"),
-                                              ("mpnet", "MPNetForMaskedLM")])
+                                              ("mpnet", "MPNetForMaskedLM"), ("unilm", "BertForPreTraining")])
 def test_a_lit_ptm_trained_run_exported_gives_the_same_logits_in_hf(recipe, hf_class, tmp_path, cache_dir):
     from lit_ptm.pretrained import load_pretrained
 
     root = tmp_path / recipe
     run_cli(["fit", *tiny_args(recipe, root, "--trainer.max_steps", "5", "--trainer.limit_val_batches", "0")])
-    family = {"gpt": "gpt2", "spanbert": "bert"}.get(recipe, recipe)
+    family = {"gpt": "gpt2", "spanbert": "bert", "unilm": "bert"}.get(recipe, recipe)
     assert torch.load(root / "last.ckpt", weights_only=True)["lit_ptm"]["family"] == family
     out, cls = export_hf(root, tmp_path / "hf")
     assert cls == hf_class
@@ -220,7 +220,7 @@ def test_a_lit_ptm_trained_run_exported_gives_the_same_logits_in_hf(recipe, hf_c
     MAX_DIFF[f"export {recipe} recipe run"] = (logits[real] - expected[real]).abs().max().item()
     assert (logits[real] - expected[real]).abs().max().item() < 1e-5
     if pair is not None:
-        assert (pair - (hf.seq_relationship_logits if recipe == "bert" else hf.sop_logits)).abs().max().item() < 1e-5
+        assert (pair - (hf.seq_relationship_logits if family == "bert" else hf.sop_logits)).abs().max().item() < 1e-5
     # Encoders: the exported tokenizer adds [CLS] ... [SEP] as HF users expect.
     if recipe != "gpt":
         encoded = tok("a text")["input_ids"]

@@ -71,6 +71,10 @@ def test_exact_counts_of_the_encoder_decoder_references():
     assert count("bart.yaml") == 139_420_416 + 50_265  # HF BartForConditionalGeneration, bart-base, + its logit bias
 
 
+def test_unilm_base_is_bert_base_with_six_segment_rows():
+    assert count("unilm.yaml") == count("bert.yaml") + 4 * 768  # segments 0..5 where BERT has 0..1
+
+
 def test_spanbert_base_is_bert_base_plus_the_boundary_head():
     H = 768
     sbo = 32 * H + (3 * H * H + H) + 2 * H + (H * H + H) + 2 * H  # offsets, two Linear + LayerNorm

@@ -14,7 +14,7 @@ class Batch(TypedDict, total=False):
     attention_mask: torch.Tensor  # [B, L] bool, True for real tokens; absent when no row is padded
     document_ids: torch.Tensor  # [B, L] packed-document id per token (padding: -1); absent: one document a row
     position_ids: torch.Tensor  # [B, L] positions restarting at each packed document; absent: 0..L-1; MPNet: [B, L+C], always present
-    token_type_ids: torch.Tensor  # [B, L] segment (A = 0, B = 1) of sentence pairs
+    token_type_ids: torch.Tensor  # [B, L] segment (A = 0, B = 1) of sentence pairs; UniLM: its sub-task's (2 .. 5)
     prefix_length: torch.Tensor  # [B] a prefix LM's bidirectional prefix (UniLM seq2seq, GLM Part A)
     pair_labels: torch.Tensor  # [B] NSP (1 = random B) / SOP (1 = swapped) targets
     span_left: torch.Tensor  # [B, L] SpanBERT's SBO: position just before the token's span (0 where labels are -100)
@@ -29,6 +29,7 @@ class Batch(TypedDict, total=False):
     query_position_ids: torch.Tensor  # [B, C] MPNet: the query stream's positions (the targets'; padded slots: 0)
     content_mask: torch.Tensor  # [B, L+C, L+C] bool, MPNet: True where content row i may attend j (padding, documents included)
     query_mask: torch.Tensor  # [B, C, L+C] bool, MPNet: True where query k may attend j (padding, documents included)
+    task: int  # UniLM: the batch's sub-task, an index into lit_ptm.data.collate.unilm.TASKS (one a batch: a plain int)
     num_tokens: int  # real tokens in the batch, encoder + decoder (a plain int: logging throughput never waits on the device)
 
 

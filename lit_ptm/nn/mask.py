@@ -43,6 +43,8 @@ class AttentionMask:
     documents [B, Lk] long: packed-document id per position; a token sees only its own document
         (padding must carry an id of its own, so that no row is left with nothing to see).
     causal: each query sees keys at its own position and before.
+    anticausal: each query sees keys at its own position and after (right-to-left, UniLM): the mirror
+        of ``causal``; never the ``is_causal`` fast path nor a block mask (the dense mask's own).
     prefix_length [B] long: with ``causal``, the first ``prefix_length[b]`` positions are
         bidirectional (UniLM seq2seq, GLM Part A); 0 is plain causal, L fully bidirectional.
     explicit [B, Lq, Lk] bool: any pattern at all (XLNet permutations, right-to-left).
@@ -52,6 +54,7 @@ class AttentionMask:
     padding: torch.Tensor | None = None
     documents: torch.Tensor | None = None
     causal: bool = False
+    anticausal: bool = False
     prefix_length: torch.Tensor | None = None
     explicit: torch.Tensor | None = None
     bias: torch.Tensor | None = None
@@ -68,7 +71,8 @@ class AttentionMask:
 
     @property
     def empty(self) -> bool:
-        return (self.padding is None and self.documents is None and not self.causal and self.explicit is None
+        return (self.padding is None and self.documents is None and not self.causal and not self.anticausal
+                and self.explicit is None
                 and self.bias is None)
 
     def _device(self):
@@ -99,6 +103,10 @@ class AttentionMask:
             if self.prefix_length is not None:  # bidirectional prefix: every query sees all of it
                 allowed = (allowed | (k_pos[None] < self.prefix_length[:, None, None]))[:, None]  # (B, 1, Lq, Lk)
             mask = allowed if mask is None else mask & allowed
+        if self.anticausal:
+            q_pos = torch.arange(offset, offset + q_len, device=device)[:, None]
+            allowed = torch.arange(k_len, device=device)[None, :] >= q_pos  # (Lq, Lk)
+            mask = allowed if mask is None else mask & allowed
         if self.explicit is not None:
             explicit = self.explicit[:, None]  # (B, 1, Lq, Lk)
             mask = explicit if mask is None else mask & explicit
@@ -123,7 +131,7 @@ class AttentionMask:
         offset = k_len - q_len if query_offset is None else query_offset
         if self.empty:
             return LoweredMask()
-        structured = self.explicit is None and self.bias is None
+        structured = self.explicit is None and self.bias is None and not self.anticausal
         if (structured and self.causal and self.padding is None and self.documents is None and self.prefix_length is None
                 and offset == 0 and q_len == k_len):
             return LoweredMask(is_causal=True)

@@ -84,7 +84,7 @@ class MaskedLM(PretrainObjective):
         mlm_loss, predictions = self.lm_head.loss(hidden[predicted], targets, want_argmax=True)
         parts = LossParts(loss=mlm_loss, num_predicted=targets.numel(), parts={"mlm": mlm_loss}, lm_loss=mlm_loss,
                           accuracies={"mlm": (predictions, targets)}, aux=out.aux_losses)
-        if self.pair_task != "none":
+        if self.pair_task != "none" and "pair_labels" in batch:  # (UniLM: its bidirectional batches only)
             pair_logits = self.pair_head(hidden)  # (B, 2)
             pair_loss = F.cross_entropy(pair_logits.float(), batch["pair_labels"])
             parts.parts[self.pair_task] = pair_loss

@@ -15,9 +15,10 @@ from lit_ptm.data.collate.spans import (
     SpanLengths, Spans, delete_spans, infill_spans, mask_budget, mask_random_keep, random_spans_noise, select_spans,
     sentinel_spans, span_bounds, span_starts,
 )
+from lit_ptm.data.collate.unilm import UniLMCollator
 
 __all__ = [
-    "CausalLMCollator", "MLMCollator", "PairMLMCollator", "SpanMLMCollator", "T5Collator", "BARTCollator", "MASSCollator",
+    "CausalLMCollator", "MLMCollator", "UniLMCollator", "PairMLMCollator", "SpanMLMCollator", "T5Collator", "BARTCollator", "MASSCollator",
     "XLNetCollator", "MPNetCollator", "order_ranks", "compact_positions",
     "encoder_decoder_batch", "permute_sentences", "mask_tokens", "pad_windows", "sample_noise", "sample_seed",
     "truncated_lengths", "SpanLengths", "Spans", "select_spans", "random_spans_noise", "mask_budget", "span_starts",

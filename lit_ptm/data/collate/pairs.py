@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lit_ptm.data.collate.common import pad_windows, sample_seed
+from lit_ptm.data.collate.common import pad_windows, padding_keys, sample_seed
 from lit_ptm.data.collate.masking import mask_tokens
 from lit_ptm.tokenizer import SpecialIds
 
@@ -44,7 +44,10 @@ class PairMLMCollator:
             starts[0] = True  # a trimmed piece starts a word for masking purposes
         return tokens, starts
 
-    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+    def lay_out(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        """The pairs laid out, before masking: ``ids``, ``token_type`` (A = 0, B = 1), ``word_start`` [B, L]
+        (padded: pad id, 0, True), ``noise`` [B, noise_rows, L] (padding: 1.0), ``pair_labels`` [B],
+        ``lengths`` [B]. Each sample's draws come from its own (seed, epoch, index) stream."""
         g = torch.Generator()
         rows, noises, labels = [], [], []
         for s in samples:
@@ -69,16 +72,17 @@ class PairMLMCollator:
         noise = torch.ones(len(rows), self.noise_rows, ids.size(1))
         for i, n in enumerate(noises):
             noise[i, :, : n.size(1)] = n
-        word_start = pad_windows(rows, "word_start", True) if self.whole_word_mask or self.max_ngram > 1 else None
+        return {"ids": ids, "token_type": pad_windows(rows, "token_type", 0), "word_start": pad_windows(rows, "word_start", True),
+                "noise": noise, "pair_labels": torch.tensor(labels), "lengths": torch.tensor([len(r["ids"]) for r in rows])}
+
+    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        pairs = self.lay_out(samples)
+        ids, lengths = pairs["ids"], pairs["lengths"]
+        word_start = pairs["word_start"] if self.whole_word_mask or self.max_ngram > 1 else None
         input_ids, mlm_labels = mask_tokens(
-            ids, self.is_special[ids], noise, self.regular_ids, self.ids.mask, self.probability, word_start, self.max_ngram
+            ids, self.is_special[ids], pairs["noise"], self.regular_ids, self.ids.mask, self.probability, word_start, self.max_ngram
         )
-        lengths = torch.tensor([len(r["ids"]) for r in rows])
-        batch = {
-            "input_ids": input_ids, "labels": mlm_labels, "token_type_ids": pad_windows(rows, "token_type", 0),
-            "pair_labels": torch.tensor(labels), "num_tokens": int(lengths.sum()),
+        return {
+            "input_ids": input_ids, "labels": mlm_labels, "token_type_ids": pairs["token_type"],
+            "pair_labels": pairs["pair_labels"], "num_tokens": int(lengths.sum()), **padding_keys(lengths, ids.size(1)),
         }
-        real = torch.arange(ids.size(1)) < lengths[:, None]
-        if not real.all():
-            batch["attention_mask"] = real
-        return batch

@@ -28,7 +28,7 @@ from typing import Literal, NamedTuple, get_args
 
 import torch
 
-SpanKind = Literal["token", "word", "ngram", "geometric", "poisson"]
+SpanKind = Literal["token", "word", "ngram", "geometric", "poisson", "table"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,9 @@ class SpanLengths:
       and renormalised (SpanBERT: p = 0.2, max_n = 10, mean ~3.8 words).
     - "poisson": n whole words, p(n) proportional to mean^n e^-mean / n!, truncated to
       min_n..max_n (BART: mean 3, min_n = 0, an empty span being an insertion; GLM: 1..39).
-    The drawn kinds ("ngram", "geometric", "poisson") share one selection loop (``_draw_spans``):
+    - "table": n whole words, p(n) proportional to ``weights[n - min_n]`` for n = min_n..max_n
+      (UniLM: 0.8 / 0.1 / 0.1 for n = 1..3).
+    The drawn kinds ("ngram", "geometric", "poisson", "table") share one selection loop (``_draw_spans``):
     they differ only in ``probabilities()``. Without word starts, every token is a word.
     """
 
@@ -52,6 +54,7 @@ class SpanLengths:
     min_n: int = 1  # shortest span; 0 (Poisson only) admits empty spans, i.e. insertions
     p: float = 0.2  # geometric: success probability
     mean: float = 3.0  # poisson: lambda
+    weights: tuple[float, ...] = ()  # table: the weight of each length min_n..max_n
 
     def __post_init__(self):
         if self.kind not in get_args(SpanKind):
@@ -62,6 +65,9 @@ class SpanLengths:
             raise ValueError("empty spans (min_n = 0) are defined for kind='poisson' only")
         if (self.kind == "geometric" and not 0 < self.p <= 1) or (self.kind == "poisson" and not self.mean > 0):
             raise ValueError(f"invalid parameters for {self.kind!r}: p={self.p}, mean={self.mean}")
+        if self.kind == "table" and (len(self.weights) != self.max_n - self.min_n + 1 or min(self.weights) < 0
+                                     or sum(self.weights) <= 0):
+            raise ValueError(f"SpanLengths('table') needs one weight >= 0 per length {self.min_n}..{self.max_n}, not {self.weights}")
 
     @property
     def drawn(self) -> bool:
@@ -76,6 +82,8 @@ class SpanLengths:
             weight = 1.0 / n
         elif self.kind == "geometric":
             weight = self.p * (1 - self.p) ** (n - 1)
+        elif self.kind == "table":
+            weight = torch.tensor(self.weights, dtype=torch.float64)
         elif self.kind == "poisson":
             weight = torch.exp(n * torch.log(torch.tensor(self.mean, dtype=torch.float64)) - self.mean - torch.lgamma(n + 1))
         else:
