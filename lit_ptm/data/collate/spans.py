@@ -52,6 +52,7 @@ class SpanLengths:
     min_n: int = 1  # shortest span; 0 (Poisson only) admits empty spans, i.e. insertions
     p: float = 0.2  # geometric: success probability
     mean: float = 3.0  # poisson: lambda
+    separated: bool = False  # drawn kinds: two spans never touch (at least one unselected word between them; GLM)
 
     def __post_init__(self):
         if self.kind not in get_args(SpanKind):
@@ -284,6 +285,9 @@ def _draw_spans(candidate: torch.Tensor, starts: torch.Tensor, budget: torch.Ten
         m = torch.where(fits, m_range, 0).max(1).values  # longest span <= n words that fits; 0: none
         cols = torch.where(offsets[None, :] < m[:, None], w[:, None] + offsets, L)  # the span's words, [B, M]
         overlap = (taken.gather(1, cols) > 0).any(1)  # spans never overlap
+        if length.separated:  # nor touch: the words just before and just after the span are free
+            before, after = torch.where(w > 0, w - 1, L), torch.where(w + m < L, w + m, L)
+            overlap |= (taken[rows, before] > 0) | (taken[rows, after] > 0)
         if length.min_n == 0:
             # An empty span may sit before a span, never inside one; n = 0 proposes one before w.
             overlap |= empty_before.gather(1, torch.where(offsets > 0, cols, L)).any(1)
@@ -423,3 +427,99 @@ def sentinel_spans(
     target_keep = torch.cat([torch.stack([inserted > 0, start, selected], -1).flatten(1), closing_keep], 1)
     targets, target_lengths = _compact(target_slots, target_keep, pad_id)
     return inputs, input_lengths, targets, target_lengths
+
+
+def select_sentences(candidate: torch.Tensor, sentence: torch.Tensor, budget: torch.Tensor, scores: torch.Tensor) -> Spans:
+    """Whole sentences in random order until at least ``budget`` candidate tokens are covered (GLM's
+    [sMASK] blanks): each selected sentence is a span of its own (two adjacent ones touch, with two ids).
+
+    candidate [B, L] bool; sentence [B, L] long: the sentence of each token, numbered along the row
+    (padding: L or more); budget [B] long; scores [B, L] uniform: a sentence's key is
+    its first token's. A sentence is a candidate when all its tokens are ([CLS] and [SEP] are sentences
+    of their own in DOC-SENTENCES windows). Returns ``Spans`` (no empty spans)."""
+    B, L = candidate.shape
+    unit = sentence.clamp(0, L)  # one spare unit, L, for padding (never a candidate)
+    arange = torch.arange(L).expand(B, L)
+    first = torch.full((B, L + 1), L, dtype=torch.long).scatter_reduce_(1, unit, arange, "amin")  # per sentence
+    size = torch.zeros(B, L + 1, dtype=torch.long).scatter_add_(1, unit, candidate.long())
+    whole = torch.ones(B, L + 1, dtype=torch.long).scatter_reduce_(1, unit, candidate.long(), "amin")
+    movable = (first < L) & (size > 0) & (whole > 0)
+    order = torch.where(movable, scores.gather(1, first.clamp(max=L - 1)), 2.0).argsort(1)  # sentences by key
+    covered_before = size.gather(1, order).cumsum(1) - size.gather(1, order)
+    # Take sentences in key order while fewer than ``budget`` tokens are covered.
+    take = torch.zeros(B, L + 1, dtype=torch.bool).scatter_(1, order, movable.gather(1, order) & (covered_before < budget[:, None]))
+    selected = take.gather(1, unit) & candidate
+    before = torch.nn.functional.pad(unit[:, :-1], (1, 0), value=-1)
+    return _number(selected, selected & (unit != before))
+
+
+def select_suffix(candidate: torch.Tensor, noise: torch.Tensor, min_ratio: float = 0.5) -> Spans:
+    """One span at the end of each row's candidate tokens (GLM's [gMASK] blank), its length k uniform
+    in [ceil(min_ratio n), max(n - 2, ceil(min_ratio n))] for the row's n candidates (contiguous, e.g.
+    a DOC-SENTENCES window's text). candidate [B, L] bool; noise [B] uniform. Returns ``Spans``."""
+    n = candidate.sum(1)
+    low = torch.ceil(n * min_ratio).long().clamp(min=1)
+    high = torch.maximum(n - 2, low)
+    k = torch.minimum(low + (noise * (high - low + 1)).long(), high)
+    # The k last candidates of the row: those with fewer than k candidates after them.
+    after = candidate.flip(1).long().cumsum(1).flip(1) - candidate.long()
+    selected = candidate & (after < k[:, None])
+    return Spans(selected.long(), torch.zeros_like(selected, dtype=torch.long))
+
+
+class Blanks(NamedTuple):
+    """GLM's blank-infilling rows ``[Part A | Part B]``, right-padded, all [B, W] but the lengths [B]:
+    input_ids, labels (-100 on Part A and padding), position_ids (Part A's index; a Part B token: its
+    span's [MASK]), block_position_ids (0 on Part A; 1..l+1 inside a span), prefix_length (|A|), lengths."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    position_ids: torch.Tensor
+    block_position_ids: torch.Tensor
+    prefix_length: torch.Tensor
+    lengths: torch.Tensor
+
+
+def blank_infilling(input_ids: torch.Tensor, span_id: torch.Tensor, order_scores: torch.Tensor, mask_id: int, sop_id: int,
+                    eop_id: int, pad_id: int, lengths: torch.Tensor | None = None) -> Blanks:
+    """GLM's autoregressive blank infilling of the selected spans (no empty spans).
+
+    Part A is the row with each span replaced by one ``mask_id`` (``infill_spans``); Part B holds the
+    spans in random order (a span's key: its first token's ``order_scores`` [B, L]), each read as
+    ``[SOP] x1 .. xl`` and predicted as ``x1 .. xl [EOP]``. A row's |A| + |B| = n + 2 (spans).
+    Part B is laid out as two slots per position (the [SOP] of a span starting there, then the token)
+    sorted by span key (stable: a span's slots keep their order), then both parts are left-compacted
+    into one row: no loop over rows, spans or tokens. Returns ``Blanks``."""
+    B, L = input_ids.shape
+    real = _real(input_ids, lengths)
+    selected, start = span_id > 0, span_starts(span_id)
+    part_a, a_lengths = infill_spans(input_ids, span_id, mask_id, pad_id, lengths)
+    a_position = (((span_id == 0) | start) & real).long().cumsum(1) - 1  # [B, L]: each kept slot's index in Part A
+    first, _ = span_bounds(span_id)
+    mask_position = a_position.gather(1, first)  # [B, L]: where each token's span's [MASK] sits in Part A
+    next_same = torch.nn.functional.pad(span_id[:, 1:], (0, 1)) == span_id
+    following = torch.nn.functional.pad(input_ids[:, 1:], (0, 1), value=pad_id)
+    # Slots [B, L, 2]: ([SOP] where a span starts, the token), their targets, block positions, keep.
+    slot_input = torch.stack([torch.full_like(input_ids, sop_id), input_ids], -1).flatten(1)
+    slot_target = torch.stack([input_ids, torch.where(next_same, following, eop_id)], -1).flatten(1)
+    slot_block = torch.stack([torch.ones_like(first), torch.arange(L) - first + 2], -1).flatten(1)
+    slot_position = mask_position.repeat_interleave(2, 1)
+    keep = (torch.stack([start, selected], -1) & real[..., None]).flatten(1)
+    key = torch.where(keep, order_scores.gather(1, first).repeat_interleave(2, 1), 2.0)
+    order = key.argsort(dim=1, stable=True)  # spans in random order, each slot after the one before it
+    b_lengths = keep.sum(1)
+    width = int(b_lengths.max()) if B else 0
+    order = order[:, :width]
+    b_real = torch.arange(width) < b_lengths[:, None]
+    a_real = torch.arange(part_a.size(1)) < a_lengths[:, None]
+    both = torch.cat([a_real, b_real], 1)
+
+    def rows(a: torch.Tensor, b: torch.Tensor, fill: int) -> torch.Tensor:
+        return _compact(torch.cat([a, b.gather(1, order)], 1), both, fill)[0]
+
+    a_arange = torch.arange(part_a.size(1)).expand_as(part_a)
+    return Blanks(
+        input_ids=rows(part_a, slot_input, pad_id), labels=rows(torch.full_like(part_a, -100), slot_target, -100),
+        position_ids=rows(a_arange, slot_position, 0), block_position_ids=rows(torch.zeros_like(part_a), slot_block, 0),
+        prefix_length=a_lengths, lengths=a_lengths + b_lengths,
+    )
