@@ -13,7 +13,7 @@ from lit_ptm.data.collate.permute import MPNetCollator, XLNetCollator, compact_p
 from lit_ptm.data.collate.pairs import PairMLMCollator, truncated_lengths
 from lit_ptm.data.collate.seq2seq import BARTCollator, MASSCollator, T5Collator, encoder_decoder_batch, permute_sentences
 from lit_ptm.data.collate.spans import (
-    Blanks, SpanLengths, Spans, blank_infilling, delete_spans, infill_spans, mask_budget, mask_random_keep, random_spans_noise,
+    Blanks, SpanLengths, Spans, blank_infilling, delete_spans, place_spans, infill_spans, mask_budget, mask_random_keep, random_spans_noise,
     select_sentences, select_spans, select_suffix, sentinel_spans, span_bounds, span_starts,
 )
 
@@ -23,5 +23,5 @@ __all__ = [
     "encoder_decoder_batch", "permute_sentences", "mask_tokens", "pad_windows", "sample_noise", "sample_seed",
     "truncated_lengths", "SpanLengths", "Spans", "select_spans", "random_spans_noise", "mask_budget", "span_starts",
     "span_bounds", "mask_random_keep", "sentinel_spans", "delete_spans", "infill_spans",
-    "Blanks", "blank_infilling", "select_sentences", "select_suffix",
+    "Blanks", "blank_infilling", "place_spans", "select_sentences", "select_suffix",
 ]

@@ -1,6 +1,6 @@
 """GLM's autoregressive blank infilling (Du et al., 2022): one batch of ``[Part A | Part B]`` rows.
 
-Span selection is ``spans``' (``select_spans`` with separated Poisson lengths, ``select_sentences``,
+Span selection is ``spans``' (``place_spans``: Poisson lengths placed apart, ``select_sentences``,
 ``select_suffix``) and so is the assembly of the two parts (``blank_infilling``); this module draws
 the batch's variant and hands the stack its keys.
 """
@@ -12,7 +12,7 @@ import torch
 from lit_ptm.data.batch import Batch
 from lit_ptm.data.collate.common import pad_windows, padding_keys, sample_noise, sample_seed
 from lit_ptm.data.collate.spans import (
-    SpanLengths, blank_infilling, mask_budget, select_sentences, select_spans, select_suffix,
+    SpanLengths, blank_infilling, mask_budget, place_spans, select_sentences, select_suffix,
 )
 from lit_ptm.tokenizer import SpecialIds
 
@@ -43,7 +43,7 @@ class GLMCollator:
             raise ValueError(f"GLM's blank infilling needs the tokenizer's {' / '.join(missing)} tokens")
         self.ids, self.seed, self.mask_ratio = ids, seed, mask_ratio
         self.probabilities = torch.tensor(probabilities, dtype=torch.float64)
-        self.lengths = SpanLengths("poisson", max_n=max_span_length, min_n=1, mean=poisson_mean, separated=True)
+        self.lengths = SpanLengths("poisson", max_n=max_span_length, min_n=1, mean=poisson_mean)
         self.is_special = ids.special_table()
         self.mask_ids = {"token": ids.mask, "sentence": ids.smask, "document": ids.gmask}
 
@@ -56,10 +56,10 @@ class GLMCollator:
         """(window ids [B, L], span ids [B, L] (1..S per row, in position order), span order scores [B, L])."""
         ids = pad_windows(samples, "ids", self.ids.pad)  # [B, L]
         candidate = ~self.is_special[ids]  # the text: not [CLS] / [SEP], not padding
-        # Rows: span (or sentence) keys, span lengths (and the suffix's), Part B's order.
+        # Rows: span places (or sentence keys), span lengths (and the suffix's), Part B's order.
         noise = sample_noise(samples, self.seed, 3, ids.size(1))
         if variant == "token":
-            span_id = select_spans(candidate, mask_budget(candidate, self.mask_ratio), noise[:, 0], noise[:, 1], self.lengths).span_id
+            span_id = place_spans(candidate, mask_budget(candidate, self.mask_ratio), noise[:, 0], noise[:, 1], self.lengths).span_id
         elif variant == "sentence":
             sentence = pad_windows(samples, "sentence", ids.size(1))
             span_id = select_sentences(candidate, sentence, mask_budget(candidate, self.mask_ratio), noise[:, 0]).span_id

@@ -52,7 +52,6 @@ class SpanLengths:
     min_n: int = 1  # shortest span; 0 (Poisson only) admits empty spans, i.e. insertions
     p: float = 0.2  # geometric: success probability
     mean: float = 3.0  # poisson: lambda
-    separated: bool = False  # drawn kinds: two spans never touch (at least one unselected word between them; GLM)
 
     def __post_init__(self):
         if self.kind not in get_args(SpanKind):
@@ -285,9 +284,6 @@ def _draw_spans(candidate: torch.Tensor, starts: torch.Tensor, budget: torch.Ten
         m = torch.where(fits, m_range, 0).max(1).values  # longest span <= n words that fits; 0: none
         cols = torch.where(offsets[None, :] < m[:, None], w[:, None] + offsets, L)  # the span's words, [B, M]
         overlap = (taken.gather(1, cols) > 0).any(1)  # spans never overlap
-        if length.separated:  # nor touch: the words just before and just after the span are free
-            before, after = torch.where(w > 0, w - 1, L), torch.where(w + m < L, w + m, L)
-            overlap |= (taken[rows, before] > 0) | (taken[rows, after] > 0)
         if length.min_n == 0:
             # An empty span may sit before a span, never inside one; n = 0 proposes one before w.
             overlap |= empty_before.gather(1, torch.where(offsets > 0, cols, L)).any(1)
@@ -427,6 +423,39 @@ def sentinel_spans(
     target_keep = torch.cat([torch.stack([inserted > 0, start, selected], -1).flatten(1), closing_keep], 1)
     targets, target_lengths = _compact(target_slots, target_keep, pad_id)
     return inputs, input_lengths, targets, target_lengths
+
+
+def place_spans(candidate: torch.Tensor, budget: torch.Tensor, place_noise: torch.Tensor, length_noise: torch.Tensor,
+                length: SpanLengths) -> Spans:
+    """GLM's span sampling (``blocklm_utils.sample_spans``): span lengths drawn from ``length``'s table
+    until ``budget`` tokens are covered (the last one shrunk to meet it exactly), then placed at random
+    in the row's candidate run with at least one token between two spans: the n - covered - k + 1 free
+    places are drawn uniformly, sorted, and each span follows the previous one's end + 1. Lengths are
+    never rejected, so they follow the table exactly (but the last). No loop: one cumsum per stage.
+
+    candidate [B, L] bool: one contiguous run of candidates per row (a DOC-SENTENCES window's text);
+    budget [B] long (at most (n + 1) / 2 is used, so that k spans and their gaps fit); place_noise,
+    length_noise [B, L] uniform: column r draws span r's place and length. Returns ``Spans``."""
+    B, L = candidate.shape
+    n = candidate.sum(1)
+    first = candidate.long().argmax(1)  # where the run starts
+    budget = torch.minimum(budget, (n + 1) // 2)
+    thresholds = length.probabilities().cumsum(0)
+    drawn = length.min_n + (length_noise[..., None] >= thresholds[:-1]).sum(-1)  # [B, L]: span r's length
+    before = drawn.cumsum(1) - drawn
+    used = before < budget[:, None]  # spans are drawn until the budget is covered
+    lengths = torch.where(used, torch.minimum(drawn, budget[:, None] - before), 0)
+    k, covered = used.sum(1), lengths.sum(1)
+    free = (n - covered - k + 1).clamp(min=0)  # places a span may start at, before gaps are added
+    places = torch.where(used, (place_noise * (free + 1)[:, None]).long().clamp(max=L), L).sort(1).values
+    rank = torch.arange(L)
+    start = first[:, None] + places + (lengths.cumsum(1) - lengths) + rank  # each after the previous span and a gap
+    span = rank + 1
+    marks = torch.zeros(B, L + 1, dtype=torch.long)
+    marks.scatter_add_(1, torch.where(used, start, L).clamp(max=L), torch.where(used, span, 0))
+    marks.scatter_add_(1, torch.where(used, start + lengths, L).clamp(max=L), torch.where(used, -span, 0))
+    span_id = marks.cumsum(1)[:, :L]
+    return Spans(span_id, torch.zeros_like(span_id))
 
 
 def select_sentences(candidate: torch.Tensor, sentence: torch.Tensor, budget: torch.Tensor, scores: torch.Tensor) -> Spans:
