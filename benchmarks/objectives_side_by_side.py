@@ -4,7 +4,7 @@ then its backbone (an encoder-decoder's encoder) fine-tuned on the built-in demo
 mean pooling, 30 epochs) beside the same architecture from scratch; encoder-decoders also fine-tune
 whole on the built-in seq2seq demo task beside their from-scratch twin.
 
-    python benchmarks/objectives_side_by_side.py                       # bert spanbert mass t5 bart xlnet mpnet
+    python benchmarks/objectives_side_by_side.py                       # bert spanbert mass t5 bart xlnet mpnet glm
     python benchmarks/objectives_side_by_side.py --recipes t5 --out checkpoints/side_by_side
 
 Run directories go to --out/<recipe>[-classify|-classify-scratch|-seq2seq|-seq2seq-scratch]; a run
@@ -55,7 +55,7 @@ def fit_and_test(configs: list[str], run: Path, *extra: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipes", nargs="+", default=["bert", "spanbert", "mass", "t5", "bart", "xlnet", "mpnet"])
+    p.add_argument("--recipes", nargs="+", default=["bert", "spanbert", "mass", "t5", "bart", "xlnet", "mpnet", "glm"])
     p.add_argument("--out", type=Path, default=ROOT / "checkpoints" / "side_by_side")
     p.add_argument("--steps", type=int, default=3000)
     args = p.parse_args()
