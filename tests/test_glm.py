@@ -3,34 +3,28 @@ what Part A and Part B see on the model, blank filling with and without the cach
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import long_windows, run_cli, run_module, tiny_args, write_corpus
+from conftest import long_windows, run_cli, run_module, tiny_args
 from lit_ptm.data.collate import GLMCollator, SpanLengths
 from lit_ptm.data.collate.glm import VARIANTS
-from lit_ptm.data.corpus import iter_documents
-from lit_ptm.data.sampling import SentenceWindows
-from lit_ptm.data.store import open_store
 from lit_ptm.errors import ConfigError
 from lit_ptm.generate import BlankFiller, GenerationConfig
 from lit_ptm.nn import ModelConfig
 from lit_ptm.objectives import GLM
-from lit_ptm.tokenizer import train_tokenizer
+import test_collate_seq2seq
+from test_collate_seq2seq import draw
 
+data = test_collate_seq2seq.data  # the fixture: a tokenizer and DOC-SENTENCES windows of 128 tokens
 ONLY = {"token": (1.0, 0.0, 0.0), "sentence": (0.0, 1.0, 0.0), "document": (0.0, 0.0, 1.0)}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """A tokenizer and DOC-SENTENCES windows of 128 tokens (one document each, 2 to 12 sentences)."""
-    tmp = tmp_path_factory.mktemp("glm")
-    corpus = write_corpus(tmp / "c.txt", n_docs=200, sentences=(2, 12))
-    tok = train_tokenizer((s for d in iter_documents(corpus) for s in d), "wordpiece", 400)
-    store = open_store([corpus], tok, tmp / "cache")
-    windows = SentenceWindows(store, np.arange(store.num_docs), 128, tok.ids, cross_documents=False)
-    return tok, [{**windows[k], "epoch": 0, "index": k} for k in range(len(windows))]
+def windows(data):
+    """A tokenizer and test_collate_seq2seq's DOC-SENTENCES windows, keyed as WindowDataset keys them."""
+    tok, sentence_windows = data
+    return tok, draw(sentence_windows)
 
 
 def real_rows(batch):
@@ -78,8 +72,8 @@ def check_layout(batch, samples, spans, ids, variant):
     return reordered
 
 
-def test_token_spans_are_separated_poisson_lengths_covering_15_percent(data):
-    tok, _ = data
+def test_token_spans_are_separated_poisson_lengths_covering_15_percent(windows):
+    tok, _ = windows
     collator = GLMCollator(tok.ids, seed=0, probabilities=ONLY["token"])
     samples = long_windows(tok, 64, length=512)
     ids, span_id, _ = collator.spans(samples, "token")
@@ -102,8 +96,8 @@ def test_token_spans_are_separated_poisson_lengths_covering_15_percent(data):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_parts_a_and_b_positions_and_labels(data, variant):
-    tok, samples = data
+def test_parts_a_and_b_positions_and_labels(windows, variant):
+    tok, samples = windows
     collator = GLMCollator(tok.ids, seed=3, probabilities=ONLY[variant])
     batch = collator(samples[:64])
     ids, span_id, _ = collator.spans(samples[:64], variant)
@@ -114,8 +108,8 @@ def test_parts_a_and_b_positions_and_labels(data, variant):
     assert batch["num_tokens"] == sum(n for n, _ in real_rows(batch))
 
 
-def test_sentence_blanks_are_whole_sentences_covering_at_least_15_percent(data):
-    tok, samples = data
+def test_sentence_blanks_are_whole_sentences_covering_at_least_15_percent(windows):
+    tok, samples = windows
     collator = GLMCollator(tok.ids, seed=1, probabilities=ONLY["sentence"])
     ids, span_id, _ = collator.spans(samples, "sentence")
     for b, s in enumerate(samples):
@@ -133,8 +127,8 @@ def test_sentence_blanks_are_whole_sentences_covering_at_least_15_percent(data):
         assert covered - max(sizes) < round(0.15 * text)
 
 
-def test_document_blank_is_one_suffix_of_half_to_all_but_two(data):
-    tok, samples = data
+def test_document_blank_is_one_suffix_of_half_to_all_but_two(windows):
+    tok, samples = windows
     collator = GLMCollator(tok.ids, seed=2, probabilities=ONLY["document"])
     ids, span_id, _ = collator.spans(samples, "document")
     ks = []
@@ -148,8 +142,8 @@ def test_document_blank_is_one_suffix_of_half_to_all_but_two(data):
     assert min(ks) < 0.6 and max(ks) > 0.9  # spread over the range
 
 
-def test_variants_mix_per_batch_and_batches_are_a_function_of_seed_epoch_index(data):
-    tok, samples = data
+def test_variants_mix_per_batch_and_batches_are_a_function_of_seed_epoch_index(windows):
+    tok, samples = windows
     collator = GLMCollator(tok.ids, seed=0)  # 0.5 / 0.3 / 0.2
     drawn = [collator.variant([{"epoch": e, "index": i}]) for e in range(4) for i in range(0, 1000, 2)]
     for variant, p in zip(VARIANTS, (0.5, 0.3, 0.2)):
@@ -172,8 +166,8 @@ def tiny_glm(vocab: int = 400) -> GLM:
     return model.eval()
 
 
-def test_part_a_never_sees_part_b_and_part_b_never_sees_later_part_b(data):
-    tok, samples = data
+def test_part_a_never_sees_part_b_and_part_b_never_sees_later_part_b(windows):
+    tok, samples = windows
     model = tiny_glm(tok.vocab_size)
     batch = GLMCollator(tok.ids, seed=5, probabilities=ONLY["token"])(samples[:4])
     hidden = model.encode(batch).hidden
@@ -189,8 +183,8 @@ def test_part_a_never_sees_part_b_and_part_b_never_sees_later_part_b(data):
         assert not torch.allclose(hidden[b, n - 1], model.encode(changed).hidden[b, n - 1])  # Part B reads Part A
 
 
-def test_blank_filling_with_the_cache_equals_without(data):
-    tok, _ = data
+def test_blank_filling_with_the_cache_equals_without(windows):
+    tok, _ = windows
     ids = tok.ids
     model = tiny_glm(tok.vocab_size)
     filler = BlankFiller(model, ids)
@@ -209,9 +203,9 @@ def test_blank_filling_with_the_cache_equals_without(data):
         filler.generate(prompts, GenerationConfig(num_beams=2))
 
 
-def test_greedy_fill_is_the_argmax_of_the_full_forward(data):
+def test_greedy_fill_is_the_argmax_of_the_full_forward(windows):
     """One blank, greedy: each written token is the argmax of the model's forward over [A | B so far]."""
-    tok, _ = data
+    tok, _ = windows
     ids = tok.ids
     model = tiny_glm(tok.vocab_size)
     words = tok.hf.encode("w1b w2cc w3ddd", add_special_tokens=False).ids
