@@ -209,13 +209,14 @@ class BlankFiller:
     the spans written before it (causally), as GLM's autoregressive blank infilling. With the cache,
     Part A's keys are computed once and each step feeds one token; without it, every step reads the whole
     sequence again (the same numbers). Greedy or sampled (``GenerationConfig``; no beam search).
-    ``fill`` returns the prompt with its blanks replaced by their spans (``[EOP]`` dropped)."""
+    ``generate`` returns the prompt with its blanks replaced by their spans (``[EOP]`` dropped), ``spans``
+    the spans. ``stack`` / ``head``: the module's (a fine-tuning task's); None: a GLM run's."""
 
     eos_id = None  # what ``main`` trims: the filled prompt has no end token
 
-    def __init__(self, module, ids):
+    def __init__(self, module, ids, stack=None, head=None):
         self.module, self.ids = module, ids
-        self.stack, self.head = module.stack(), module.lm_head
+        self.stack, self.head = stack or module.stack(), head or module.lm_head
         self.blanks = {ids.mask, ids.smask, ids.gmask} - {None}
 
     def check(self, prompts: list[list[int]], max_new_tokens: int) -> None:
@@ -226,9 +227,17 @@ class BlankFiller:
             raise ConfigError(f"--max_new_tokens={max_new_tokens}: a span's block positions exceed the model's "
                               f"{self.stack.config.max_position_embeddings} positions")
 
-    @torch.no_grad()
     def generate(self, prompts: list[list[int]], config: GenerationConfig) -> list[list[int]]:
         """Each prompt (Part A: framed token ids) with its blanks filled, without the frame's first and last token."""
+        out = []
+        for prompt, spans in zip(prompts, self.spans(prompts, config)):
+            blanks = [i for i, t in enumerate(prompt) if t in self.blanks]
+            out.append([t for i, token in enumerate(prompt[1:-1], 1) for t in (spans[blanks.index(i)] if i in blanks else [token])])
+        return out
+
+    @torch.no_grad()
+    def spans(self, prompts: list[list[int]], config: GenerationConfig) -> list[list[list[int]]]:
+        """The span written for each blank of each prompt, in order of appearance."""
         if config.num_beams > 1:
             raise ConfigError("--num_beams: GLM's blank filling is greedy or sampled (no beam search)")
         self.check(prompts, config.max_new_tokens)
@@ -240,7 +249,7 @@ class BlankFiller:
         finally:
             self.module.train(was_training)
 
-    def _fill(self, prompt: list[int], config: GenerationConfig, generator) -> list[int]:
+    def _fill(self, prompt: list[int], config: GenerationConfig, generator) -> list[list[int]]:
         device = self.head.output_weight.device
         blanks = [i for i, t in enumerate(prompt) if t in self.blanks]
         # The sequence so far, (1, T) each: Part A, then every span's [SOP] x1 x2 .. as written.
@@ -263,10 +272,7 @@ class BlankFiller:
                     break
                 span.append(token)
             spans.append(span)
-        filled = []
-        for i, t in enumerate(prompt[1:-1], 1):
-            filled.extend(spans[blanks.index(i)] if i in blanks else [t])
-        return filled
+        return spans
 
 
 def layout_ids(layout, ids, what: str) -> tuple[int, int]:

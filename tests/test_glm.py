@@ -234,9 +234,11 @@ def test_bad_settings_are_refused_naming_the_key():
         GLM(ModelConfig())
 
 
-def test_a_run_fills_blanks_from_the_command_line_and_refuses_export(tmp_path, cache_dir):
+def test_a_run_fills_blanks_from_the_command_line_fine_tunes_on_seq2seq_and_refuses_export(tmp_path, cache_dir, monkeypatch):
     """(The recipe lowering its validation loss is test_cli's, with every recipe's.)"""
+    from conftest import ROOT
     from lit_ptm.hf import HFError, export_hf
+    from test_seq2seq import args, copy_dataset
 
     root = tmp_path / "glm"
     run_cli(["fit", *tiny_args("glm", root, "--trainer.max_steps", "20", "--trainer.val_check_interval", "20")])
@@ -249,3 +251,18 @@ def test_a_run_fills_blanks_from_the_command_line_and_refuses_export(tmp_path, c
     assert refused.returncode == 2 and "has none" in refused.stderr
     with pytest.raises(HFError, match="GLM run does not export"):
         export_hf(root, tmp_path / "hf")
+    # Sequence to sequence in GLM's layout: [CLS] source [gMASK] [SEP] | [SOP] target -> target [EOP].
+    monkeypatch.chdir(ROOT)
+    train, dev = copy_dataset(tmp_path / "train.jsonl", 64, 0), copy_dataset(tmp_path / "dev.jsonl", 8, 1)
+    cli = run_cli(["fit", *args(root, tmp_path / "s2s", "--data.init_args.train_file", str(train), "--data.init_args.val_file",
+                                str(dev), "--trainer.max_epochs", "1")])
+    task, ids = cli.model, cli.datamodule.tokenizer.ids
+    assert task.glm and not task.encoder_decoder and not task.reads_causally()
+    batch = task.collate([{**w, "index": i} for i, w in enumerate(cli.datamodule.datasets["train"].windows[:2])])
+    a = int(batch["prefix_length"][0])
+    row, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    assert row[0] == ids.cls and row[a - 2 : a + 1] == [ids.gmask, ids.sep, ids.sop] and labels[:a] == [-100] * a
+    t = labels.index(ids.eop) - a + 1  # the target and its [EOP]
+    assert row[a + 1 : a + t] == labels[a : a + t - 1]
+    assert batch["position_ids"][0, a : a + t].tolist() == [a - 2] * t and batch["block_position_ids"][0, a : a + t].tolist() == list(range(1, t + 1))
+    assert "val/rougeL" in cli.trainer.callback_metrics
