@@ -7,7 +7,9 @@ an infilled [MASK] never straddles two of them. How long spans are is a ``SpanLe
 single tokens, whole words, or lengths in words drawn from a table (ALBERT's n-grams, SpanBERT's
 geometric, BART's / GLM's Poisson); a new distribution is one more table, not another loop.
 T5's noise layout (``random_spans_noise``: spans and the gaps between them cut at random, noise
-density exact) is a selection of its own.
+density exact) is a selection of its own, and so are GLM's three: ``place_spans`` (Poisson lengths
+drawn until the budget is met, then placed at random with gaps, as GLM's ``sample_spans``: no length
+is rejected), ``select_sentences`` (whole sentences, [sMASK]) and ``select_suffix`` ([gMASK]).
 
 Stage 2 corrupts the selected spans:
 - ``mask_random_keep``: BERT's 80/10/10 decided per token (BERT, RoBERTa, ALBERT) or per span
@@ -15,7 +17,9 @@ Stage 2 corrupts the selected spans:
 - ``sentinel_spans``: T5: each span becomes one sentinel; the target is ``<s1> span1 <s2> span2 ...``.
 - ``delete_spans``: the selected tokens are dropped (BART's token deletion).
 - ``infill_spans``: BART's text infilling: each span, an empty one too, becomes one [MASK].
-The last three change row lengths. Each lays every position's output out as a few "slots" (e.g. a
+- ``blank_infilling``: GLM: each span one blank in Part A, the spans in random order in Part B
+  (``[SOP] x1..xl`` predicting ``x1..xl [EOP]``), with 2D positions and Part A's length.
+The last four change row lengths. Each lays every position's output out as a few "slots" (e.g. a
 sentinel for an empty span before the token, then the token or its span's sentinel) and
 left-compacts the kept slots with one cumsum and one scatter (``_compact``): no loop over tokens
 or rows.
