@@ -1,10 +1,12 @@
 """Text generation: greedy, sampling (temperature, top-k, top-p) and beam search, with the stack's KV
 cache, from a causal LM run (prompts are continued) or an encoder-decoder run (T5 / BART / MASS: the
-prompt is the source, encoded once; the decoder writes the target from its start token).
+prompt is the source, encoded once; the decoder writes the target from its start token). A GLM run
+fills the [MASK] / [sMASK] blanks of a prompt and continues after a final [gMASK] (``BlankFiller``).
 
     lit-ptm generate --ckpt_path checkpoints/gpt --prompt "The import statement" --max_new_tokens 40
     lit-ptm generate --ckpt_path checkpoints/gpt --prompts_file prompts.jsonl --output completions.jsonl --num_beams 4
     lit-ptm generate --ckpt_path checkpoints/t5 --prompt "Return the sum of the values."
+    lit-ptm generate --ckpt_path checkpoints/glm --prompt "The [MASK] statement loads a module. It [gMASK]"
 
 One search serves both kinds of model: it asks a *session* (``CausalModel.start`` /
 ``EncoderDecoderModel.start``) for the log-probabilities of each row's next token, appends the tokens
@@ -216,10 +218,86 @@ def model_for_generation(module, pad_id: int, start_id: int | None = None) -> Ca
     if getattr(module, "generation_modes", None):
         raise ConfigError(f"a {type(module).__name__} run generates in a mode ({', '.join(module.generation_modes)}): "
                           "Generator(module.generation(mode, tokenizer.ids)[0], ...)")
+    if type(module).__name__ == "GLM":
+        raise ConfigError("a GLM run fills the blanks of its prompts: use lit_ptm.generate.BlankFiller(module, tokenizer.ids)")
     if not getattr(module, "causal", False):
         raise ConfigError(f"generation needs a causal LM or an encoder-decoder; this run is a {type(module).__name__}, "
                           "which reads bidirectionally")
     return CausalModel(module, module.stack(), module.lm_head, pad_id)
+
+
+class BlankFiller:
+    """GLM's blank filling: each blank of a prompt ([MASK], [sMASK], or [gMASK] ending it) is written as
+    GLM's Part B writes a span: [SOP] at the blank's position (block positions 1, 2, ..), token by token
+    until [EOP] or ``max_new_tokens``. The prompt (Part A, framed ``[CLS] text [SEP]`` as in pretraining)
+    is read bidirectionally once; the blanks are filled in order of appearance, each reading Part A and
+    the spans written before it (causally), as GLM's autoregressive blank infilling. With the cache,
+    Part A's keys are computed once and each step feeds one token; without it, every step reads the whole
+    sequence again (the same numbers). Greedy or sampled (``GenerationConfig``; no beam search).
+    ``generate`` returns the prompt with its blanks replaced by their spans (``[EOP]`` dropped), ``spans``
+    the spans. ``stack`` / ``head``: the module's (a fine-tuning task's); None: a GLM run's."""
+
+    eos_id = None  # what ``main`` trims: the filled prompt has no end token
+
+    def __init__(self, module, ids, stack=None, head=None):
+        self.module, self.ids = module, ids
+        self.stack, self.head = stack or module.stack(), head or module.lm_head
+        self.blanks = {ids.mask, ids.smask, ids.gmask} - {None}
+
+    def check(self, prompts: list[list[int]], max_new_tokens: int) -> None:
+        if any(not self.blanks.intersection(p) for p in prompts):
+            raise ConfigError("a GLM run fills the [MASK] / [sMASK] blanks of a prompt and continues after a final [gMASK]: "
+                              "a prompt has none")
+        if max_new_tokens + 1 >= self.stack.config.max_position_embeddings:
+            raise ConfigError(f"--max_new_tokens={max_new_tokens}: a span's block positions exceed the model's "
+                              f"{self.stack.config.max_position_embeddings} positions")
+
+    def generate(self, prompts: list[list[int]], config: GenerationConfig) -> list[list[int]]:
+        """Each prompt (Part A: framed token ids) with its blanks filled, without the frame's first and last token."""
+        out = []
+        for prompt, spans in zip(prompts, self.spans(prompts, config)):
+            blanks = [i for i, t in enumerate(prompt) if t in self.blanks]
+            out.append([t for i, token in enumerate(prompt[1:-1], 1) for t in (spans[blanks.index(i)] if i in blanks else [token])])
+        return out
+
+    @torch.no_grad()
+    def spans(self, prompts: list[list[int]], config: GenerationConfig) -> list[list[list[int]]]:
+        """The span written for each blank of each prompt, in order of appearance."""
+        if config.num_beams > 1:
+            raise ConfigError("--num_beams: GLM's blank filling is greedy or sampled (no beam search)")
+        self.check(prompts, config.max_new_tokens)
+        was_training = self.module.training
+        self.module.eval()
+        generator = torch.Generator(device=self.head.output_weight.device).manual_seed(config.seed) if config.seed is not None else None
+        try:
+            return [self._fill(p, config, generator) for p in prompts]
+        finally:
+            self.module.train(was_training)
+
+    def _fill(self, prompt: list[int], config: GenerationConfig, generator) -> list[list[int]]:
+        device = self.head.output_weight.device
+        blanks = [i for i, t in enumerate(prompt) if t in self.blanks]
+        # The sequence so far, (1, T) each: Part A, then every span's [SOP] x1 x2 .. as written.
+        ids = torch.tensor([prompt], device=device)
+        positions, blocks = torch.arange(len(prompt), device=device)[None], torch.zeros_like(ids)
+        mask = AttentionMask(causal=True, prefix_length=torch.tensor([len(prompt)], device=device))
+        cache = self.stack.new_cache(1, len(prompt) + len(blanks) * (config.max_new_tokens + 1)) if config.use_cache else None
+        fed, spans = 0, []
+        for at in blanks:
+            span, token = [], self.ids.sop
+            while True:  # feed ``token`` as the span's next input (block position len(span) + 1), pick the next
+                ids, positions = torch.cat([ids, ids.new_tensor([[token]])], 1), torch.cat([positions, positions.new_tensor([[at]])], 1)
+                blocks = torch.cat([blocks, blocks.new_tensor([[len(span) + 1]])], 1)
+                start = fed if cache is not None else 0  # with the cache, only what it does not hold yet
+                hidden = self.stack(ids[:, start:], mask, position_ids=positions[:, start:], block_position_ids=blocks[:, start:],
+                                    cache=cache).hidden
+                fed = ids.size(1)
+                token = int(Generator._pick(torch.log_softmax(self.head(hidden[:, -1]).float(), -1), config, generator)[0])
+                if token == self.ids.eop or len(span) == config.max_new_tokens:
+                    break
+                span.append(token)
+            spans.append(span)
+        return spans
 
 
 def layout_ids(layout, ids, what: str) -> tuple[int, int]:
@@ -378,7 +456,8 @@ def load_generator(ckpt_path: str, device: str = "cpu", mode: str | None = None)
     if mode is not None and mode not in modes:
         raise ConfigError(f"--mode={mode}: a {meta['objective']} run " + (f"generates in modes {', '.join(modes)}" if modes
                                                                           else "takes no --mode"))
-    if cls is None or not (encoder_decoder or getattr(cls, "causal", False) or modes):
+    glm = cls is objectives.GLM
+    if cls is None or not (encoder_decoder or glm or getattr(cls, "causal", False) or modes):
         raise ConfigError(f"--ckpt_path={path} holds a {meta['objective']} run; generation needs a causal LM (e.g. configs/gpt.yaml) "
                           "or an encoder-decoder (T5, BART, MASS)")
     tokenizer_file = tokenizer_of(path)
@@ -397,6 +476,8 @@ def load_generator(ckpt_path: str, device: str = "cpu", mode: str | None = None)
     if modes:  # UniLM: a causal reading of its stack (``generation``: the model, its end token, its prompt layout)
         model, end_id, layout = module.generation(mode or modes[0], ids)
         return Generator(model, eos_id=end_id, pad_id=ids.pad), tokenizer, layout
+    if glm:  # the prompt is Part A, framed as in pretraining: [CLS] text [SEP]
+        return BlankFiller(module, ids), tokenizer, lambda text: [ids.cls, *text, ids.sep]
     if encoder_decoder:
         start_id, end_id = layout_ids(module, ids, f"a {meta['objective']} run")
         generator = Generator(module, eos_id=end_id, pad_id=ids.pad, start_id=start_id)

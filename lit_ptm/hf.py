@@ -763,6 +763,9 @@ def export_hf(source, out, overwrite: bool = False) -> tuple[Path, str]:
         raise HFError(f"{out} exists and is not empty: choose another --out or pass --overwrite")
     path, raw, config = read_run(source, key="export")
     meta = raw["lit_ptm"]
+    if meta["objective"] == "GLM":
+        raise HFError(f"{path}: a GLM run does not export: HF's transformers has no GLM architecture (its 2D positions "
+                      "and blank infilling have no HF class); fine-tune or generate from the run with lit_ptm")
     hparams = raw.get("hyper_parameters", {})
     causal = reads_causally(meta)
     end_of_target = seq2seq_objective(meta["objective"])  # an encoder-decoder objective: its end-of-target token

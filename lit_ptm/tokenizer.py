@@ -41,7 +41,8 @@ class TokenizerError(LitPtmError, ValueError):
 # The roles special tokens play, and lit_ptm's own names for them. A tokenizer from elsewhere (an HF
 # model directory) names its own (RoBERTa's <s> </s> <pad> <mask>, GPT-2's single <|endoftext|>) in
 # special_tokens_map.json / tokenizer_config.json beside its tokenizer.json; they are mapped by role.
-ROLES = {"pad": PAD, "unk": UNK, "cls": CLS, "sep": SEP, "mask": MASK, "bos": BOS, "eos": EOS}
+ROLES = {"pad": PAD, "unk": UNK, "cls": CLS, "sep": SEP, "mask": MASK, "bos": BOS, "eos": EOS,
+         "sop": "[SOP]", "eop": "[EOP]", "smask": "[sMASK]", "gmask": "[gMASK]"}  # the last four: GLM's
 ROLE_FILES = ("special_tokens_map.json", "tokenizer_config.json")
 HF_SENTINEL = "<extra_id_{}>"  # HF T5's names for its sentinels (numbered from 0)
 
@@ -64,6 +65,11 @@ class SpecialIds:
     eos: int | None
     special: tuple[int, ...] = field(repr=False)
     sentinels: tuple[int, ...] = field(default=(), repr=False)
+    # GLM's blank infilling: a blank's start / end, the [MASK]s of a sentence blank and of a suffix blank
+    sop: int | None = None
+    eop: int | None = None
+    smask: int | None = None
+    gmask: int | None = None
 
     def special_table(self) -> torch.Tensor:
         """Lookup table [vocab_size], True at special ids: ``table[ids]`` beats ``torch.isin`` by far."""

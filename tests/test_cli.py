@@ -8,10 +8,10 @@ import torch
 
 from conftest import CONFIGS, ROOT, run_cli, run_module, scalars, tiny_args, write_corpus
 
-RECIPES = ["gpt", "bert", "roberta", "albert", "spanbert", "mass", "t5", "bart", "xlnet", "mpnet", "unilm"]
+RECIPES = ["gpt", "bert", "roberta", "albert", "spanbert", "mass", "t5", "bart", "xlnet", "mpnet", "unilm", "glm"]
 # The loss parts each recipe logs besides its loss (MLM + a second objective), and its accuracies.
 PARTS = {"bert": ("mlm", "nsp"), "albert": ("mlm", "sop"), "spanbert": ("mlm", "sbo"), "unilm": ("mlm", "nsp")}
-ACCURACIES = {"gpt": (), "mass": ("lm",), "t5": ("lm",), "bart": ("lm",), "xlnet": ("plm",), "mpnet": ("plm",)}
+ACCURACIES = {"gpt": (), "mass": ("lm",), "t5": ("lm",), "bart": ("lm",), "xlnet": ("plm",), "mpnet": ("plm",), "glm": ("lm",)}
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

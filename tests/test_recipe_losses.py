@@ -23,7 +23,7 @@ from test_finetune import keyword_dataset, ner_dataset, qa_dataset
 DATA = Path(__file__).parent / "data"
 REFERENCE = DATA / "recipe_losses.json"
 RECORD = os.environ.get("LIT_PTM_RECORD_LOSSES") in ("1", "all")
-PRETRAIN = ("bert", "roberta", "albert", "gpt", "spanbert", "mass", "t5", "bart", "xlnet", "mpnet", "unilm")
+PRETRAIN = ("bert", "roberta", "albert", "gpt", "spanbert", "mass", "t5", "bart", "xlnet", "mpnet", "unilm", "glm")
 FINETUNE = (("classify", "bert"), ("tag", "bert"), ("qa", "bert"), ("classify", "gpt"))
 STEPS = 20
 

@@ -14,6 +14,7 @@ class Batch(TypedDict, total=False):
     attention_mask: torch.Tensor  # [B, L] bool, True for real tokens; absent when no row is padded
     document_ids: torch.Tensor  # [B, L] packed-document id per token (padding: -1); absent: one document a row
     position_ids: torch.Tensor  # [B, L] positions restarting at each packed document; absent: 0..L-1; MPNet: [B, L+C], always present
+    block_position_ids: torch.Tensor  # [B, L] GLM: the position inside a blank (0 on Part A, 1..l+1 in a span of Part B)
     token_type_ids: torch.Tensor  # [B, L] segment (A = 0, B = 1) of sentence pairs; UniLM: its sub-task's (2 .. 5)
     prefix_length: torch.Tensor  # [B] a prefix LM's bidirectional prefix (UniLM seq2seq, GLM Part A)
     pair_labels: torch.Tensor  # [B] NSP (1 = random B) / SOP (1 = swapped) targets

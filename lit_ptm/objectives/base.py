@@ -330,7 +330,7 @@ class PretrainObjective(L.LightningModule):
         """A stack's output (hidden states (B, T, H), auxiliary losses) for a collated batch."""
         return self.stack(stack)(
             batch["input_ids"], self.attention_mask(batch), position_ids=batch.get("position_ids"),
-            token_type_ids=batch.get("token_type_ids"),
+            token_type_ids=batch.get("token_type_ids"), block_position_ids=batch.get("block_position_ids"),
         )
 
     def loss_parts(self, batch: Batch) -> LossParts:

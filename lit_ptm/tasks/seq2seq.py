@@ -6,7 +6,9 @@ run's objective laid out its texts (``frame_source`` / ``frame_target``: T5 ``te
 MASS ``[CLS] text [SEP]``); the decoder is fed its start token and the target shifted right, and the
 encoder, the decoder and the LM head all continue from the run. Causal: one sequence
 ``source [SEP] target [EOS]`` (GPT's tokenizers have no [SEP]: ``[EOS]`` separates), read causally, the
-loss on the target tokens only; generation continues ``source [SEP]``.
+loss on the target tokens only; generation continues ``source [SEP]``. GLM: as its [gMASK] blanks,
+``[CLS] source [gMASK] [SEP]`` is Part A (bidirectional), ``[SOP] target`` Part B predicting ``target
+[EOP]`` (causal), at the blank's position with block positions 1..; generation fills the blank.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from lit_ptm import objectives
 from lit_ptm.callbacks import CheckpointMismatchError
 from lit_ptm.data.collate.common import pad_windows
 from lit_ptm.errors import ConfigError
-from lit_ptm.generate import CausalModel, EncoderDecoderModel, GenerationConfig, Generator, layout_ids
+from lit_ptm.generate import BlankFiller, CausalModel, EncoderDecoderModel, GenerationConfig, Generator, layout_ids
 from lit_ptm.nn import AttentionMask, LMHead, ModelConfig, Transformer
 from lit_ptm.objectives.base import OptimConfig
 from lit_ptm.objectives.encoder_decoder import DecoderStart, EncoderDecoderLM
@@ -52,12 +54,13 @@ class Seq2Seq(FinetuneTask):
         num_beams, max_new_tokens, length_penalty: generation at validation, test and predict. Beam search
             runs one source at a time (greedy and sampling run the batch at once): slower in evaluation.
         objective: the encoder-decoder objective whose layout and decoder start are used (T5, BART,
-            MASS, EncoderDecoderLM); None: the pretrained run's. Without a pretrained run and with
+            MASS, EncoderDecoderLM), or GLM's blank layout; None: the pretrained run's. Without a pretrained run and with
             ``causal`` unset: a fresh encoder-decoder in EncoderDecoderLM's layout.
         decoder_start: the decoder's start token (a tokenizer role); None: as the run recorded it, else
             the objective's default (T5: pad, BART: eos, MASS: bos).
 
-    An encoder-only run (BERT, RoBERTa, ELECTRA) has no decoder and is refused.
+    A GLM run writes the target into a final [gMASK] of the source (see the module's docstring). An
+    encoder-only run (BERT, RoBERTa, ELECTRA) has no decoder and is refused.
     """
 
     def __init__(
@@ -70,8 +73,8 @@ class Seq2Seq(FinetuneTask):
         super().__init__(pretrained, config, optim, layer_decay, freeze_embeddings, predictions_file, from_scratch, causal)
         if max_target_length < 2:
             raise ConfigError(f"model.max_target_length={max_target_length} must be at least 2 (a token and the end of the target)")
-        if objective is not None and objective not in ENCODER_DECODERS:
-            raise ConfigError(f"model.objective={objective!r} is not one of {', '.join(ENCODER_DECODERS)}")
+        if objective is not None and objective not in (*ENCODER_DECODERS, "GLM"):
+            raise ConfigError(f"model.objective={objective!r} is not one of {', '.join(ENCODER_DECODERS)}, GLM")
         if decoder_start is not None and decoder_start not in DecoderStart.__args__:
             raise ConfigError(f"model.decoder_start={decoder_start!r} is not one of {', '.join(DecoderStart.__args__)}")
         for key, value in (("num_beams", num_beams), ("max_new_tokens", max_new_tokens), ("max_target_length", max_target_length)):
@@ -102,6 +105,11 @@ class Seq2Seq(FinetuneTask):
                                   "(leave model.objective unset: the run's layout is taken)")
             self.objective = run.objective
             self.decoder_start = self.decoder_start or run.decoder_start
+        elif run.objective == "GLM":  # blank infilling: the target written into a final [gMASK]
+            if self.causal or self.objective not in (None, "GLM"):
+                raise ConfigError(f"model.pretrained={run.checkpoint} is a GLM run: it takes GLM's own layout "
+                                  "(leave model.causal and model.objective unset)")
+            self.objective = "GLM"
         elif not run.causal:
             raise ConfigError(
                 f"model.pretrained={run.checkpoint} is a {run.objective} run, an encoder only: sequence-to-sequence "
@@ -111,8 +119,14 @@ class Seq2Seq(FinetuneTask):
         self.hparams["objective"], self.hparams["decoder_start"] = self.objective, self.decoder_start
 
     @property
+    def glm(self) -> bool:
+        """A GLM run: Part A = [CLS] source [gMASK] [SEP], Part B = [SOP] target -> target [EOP]."""
+        self.architecture()
+        return self.objective == "GLM"
+
+    @property
     def encoder_decoder(self) -> bool:
-        return not self.reads_causally()
+        return not self.reads_causally() and not self.glm
 
     @cached_property
     def layout(self) -> EncoderDecoderLM:
@@ -126,7 +140,9 @@ class Seq2Seq(FinetuneTask):
         return cls(config=self.config, decoder_start=start)
 
     def require_special_tokens(self, tokenizer) -> None:
-        if self.encoder_decoder:
+        if self.glm:
+            tokenizer.require("cls", "sep", "gmask", "sop", "eop", purpose="sequence-to-sequence fine-tuning of a GLM run")
+        elif self.encoder_decoder:
             layout_ids(self.layout, tokenizer.ids, f"fine-tuning a {self.layout.__class__.__name__} run")
         else:
             tokenizer.require("eos", purpose="sequence-to-sequence fine-tuning of a causal model (source [SEP] target [EOS])")
@@ -185,7 +201,11 @@ class Seq2Seq(FinetuneTask):
         features = []
         for r, source, target in zip(records, sources, targets):
             f = {"id": r.get(data.id_field, r["_line"])}
-            if self.encoder_decoder:
+            if self.glm:  # [CLS] source [gMASK] [SEP] | target [EOP]
+                f["source"] = torch.tensor([ids.cls, *source[: data.max_length - 3], ids.gmask, ids.sep])
+                if target is not None:
+                    f["target"] = torch.tensor([*target[: self.max_target_length - 1], ids.eop])
+            elif self.encoder_decoder:
                 layout = self.layout
                 room = data.max_length - len(layout.frame_source([], ids))
                 f["source"] = torch.tensor(layout.frame_source(source[:room], ids))
@@ -212,7 +232,20 @@ class Seq2Seq(FinetuneTask):
         labelled = all("target" in s for s in samples)
         if labelled:
             batch["references"] = [s["reference"] for s in samples]
-        if self.encoder_decoder:
+        if self.glm and labelled:  # [Part A | [SOP] target], the target's tokens at the blank's position
+            rows = []
+            for s in samples:
+                a, t = len(s["source"]), len(s["target"])
+                rows.append({"ids": torch.cat([s["source"], torch.tensor([ids.sop]), s["target"][:-1]]),
+                             "labels": torch.cat([torch.full((a,), IGNORE), s["target"]]),
+                             "positions": torch.cat([torch.arange(a), torch.full((t,), a - 2)]),
+                             "blocks": torch.cat([torch.zeros(a, dtype=torch.long), torch.arange(1, t + 1)])})
+            batch.update({"input_ids": pad_windows(rows, "ids", ids.pad), "labels": pad_windows(rows, "labels", IGNORE),
+                          "position_ids": pad_windows(rows, "positions", 0), "block_position_ids": pad_windows(rows, "blocks", 0),
+                          "prefix_length": torch.tensor([len(s["source"]) for s in samples])})
+            lengths = torch.tensor([len(r["ids"]) for r in rows])
+            batch["attention_mask"] = torch.arange(batch["input_ids"].size(1)) < lengths[:, None]
+        elif self.encoder_decoder:
             batch["input_ids"] = pad_windows(samples, "source", ids.pad)
             lengths = torch.tensor([len(s["source"]) for s in samples])
             batch["attention_mask"] = torch.arange(batch["input_ids"].size(1)) < lengths[:, None]
@@ -236,8 +269,9 @@ class Seq2Seq(FinetuneTask):
         if self.encoder_decoder:
             memory = self.encode_source(batch["input_ids"], batch["attention_mask"]).hidden
             return self.decode(batch["decoder_input_ids"], memory, batch["attention_mask"]).hidden
-        mask = AttentionMask(padding=batch["attention_mask"], causal=True)
-        return self.transformer(batch["input_ids"], mask).hidden
+        mask = AttentionMask(padding=batch["attention_mask"], causal=True, prefix_length=batch.get("prefix_length"))
+        return self.transformer(batch["input_ids"], mask, position_ids=batch.get("position_ids"),
+                                block_position_ids=batch.get("block_position_ids")).hidden
 
     def step(self, split: str, batch):
         labels = batch["labels"]
@@ -257,7 +291,11 @@ class Seq2Seq(FinetuneTask):
 
     def generate(self, sources: list[list[int]]) -> list[str]:
         """The generated text of each source (laid out as the features lay it out)."""
-        generator, tokenizer = self.generator(), self.trainer.datamodule.tokenizer
+        tokenizer = self.trainer.datamodule.tokenizer
+        if self.glm:  # the span written into the source's [gMASK]
+            filler = BlankFiller(self, tokenizer.ids, self.transformer, self.lm_head)
+            return [tokenizer.hf.decode(spans[0]) for spans in filler.spans(sources, self.generation)]
+        generator = self.generator()
         texts = []
         for new in generator.generate(sources, self.generation):
             if new and new[-1] == generator.eos_id:

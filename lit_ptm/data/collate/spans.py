@@ -7,7 +7,9 @@ an infilled [MASK] never straddles two of them. How long spans are is a ``SpanLe
 single tokens, whole words, or lengths in words drawn from a table (ALBERT's n-grams, SpanBERT's
 geometric, BART's / GLM's Poisson); a new distribution is one more table, not another loop.
 T5's noise layout (``random_spans_noise``: spans and the gaps between them cut at random, noise
-density exact) is a selection of its own.
+density exact) is a selection of its own, and so are GLM's three: ``place_spans`` (Poisson lengths
+drawn until the budget is met, then placed at random with gaps, as GLM's ``sample_spans``: no length
+is rejected), ``select_sentences`` (whole sentences, [sMASK]) and ``select_suffix`` ([gMASK]).
 
 Stage 2 corrupts the selected spans:
 - ``mask_random_keep``: BERT's 80/10/10 decided per token (BERT, RoBERTa, ALBERT) or per span
@@ -15,7 +17,9 @@ Stage 2 corrupts the selected spans:
 - ``sentinel_spans``: T5: each span becomes one sentinel; the target is ``<s1> span1 <s2> span2 ...``.
 - ``delete_spans``: the selected tokens are dropped (BART's token deletion).
 - ``infill_spans``: BART's text infilling: each span, an empty one too, becomes one [MASK].
-The last three change row lengths. Each lays every position's output out as a few "slots" (e.g. a
+- ``blank_infilling``: GLM: each span one blank in Part A, the spans in random order in Part B
+  (``[SOP] x1..xl`` predicting ``x1..xl [EOP]``), with 2D positions and Part A's length.
+The last four change row lengths. Each lays every position's output out as a few "slots" (e.g. a
 sentinel for an empty span before the token, then the token or its span's sentinel) and
 left-compacts the kept slots with one cumsum and one scatter (``_compact``): no loop over tokens
 or rows.
@@ -431,3 +435,132 @@ def sentinel_spans(
     target_keep = torch.cat([torch.stack([inserted > 0, start, selected], -1).flatten(1), closing_keep], 1)
     targets, target_lengths = _compact(target_slots, target_keep, pad_id)
     return inputs, input_lengths, targets, target_lengths
+
+
+def place_spans(candidate: torch.Tensor, budget: torch.Tensor, place_noise: torch.Tensor, length_noise: torch.Tensor,
+                length: SpanLengths) -> Spans:
+    """GLM's span sampling (``blocklm_utils.sample_spans``): span lengths drawn from ``length``'s table
+    until ``budget`` tokens are covered (the last one shrunk to meet it exactly), then placed at random
+    in the row's candidate run with at least one token between two spans: the n - covered - k + 1 free
+    places are drawn uniformly, sorted, and each span follows the previous one's end + 1. Lengths are
+    never rejected, so they follow the table exactly (but the last). No loop: one cumsum per stage.
+
+    candidate [B, L] bool: one contiguous run of candidates per row (a DOC-SENTENCES window's text);
+    budget [B] long (at most (n + 1) / 2 is used, so that k spans and their gaps fit); place_noise,
+    length_noise [B, L] uniform: column r draws span r's place and length. Returns ``Spans``."""
+    B, L = candidate.shape
+    n = candidate.sum(1)
+    first = candidate.long().argmax(1)  # where the run starts
+    budget = torch.minimum(budget, (n + 1) // 2)
+    thresholds = length.probabilities().cumsum(0)
+    drawn = length.min_n + (length_noise[..., None] >= thresholds[:-1]).sum(-1)  # [B, L]: span r's length
+    before = drawn.cumsum(1) - drawn
+    used = before < budget[:, None]  # spans are drawn until the budget is covered
+    lengths = torch.where(used, torch.minimum(drawn, budget[:, None] - before), 0)
+    k, covered = used.sum(1), lengths.sum(1)
+    free = (n - covered - k + 1).clamp(min=0)  # places a span may start at, before gaps are added
+    places = torch.where(used, (place_noise * (free + 1)[:, None]).long().clamp(max=L), L).sort(1).values
+    rank = torch.arange(L)
+    start = first[:, None] + places + (lengths.cumsum(1) - lengths) + rank  # each after the previous span and a gap
+    span = rank + 1
+    marks = torch.zeros(B, L + 1, dtype=torch.long)
+    marks.scatter_add_(1, torch.where(used, start, L).clamp(max=L), torch.where(used, span, 0))
+    marks.scatter_add_(1, torch.where(used, start + lengths, L).clamp(max=L), torch.where(used, -span, 0))
+    span_id = marks.cumsum(1)[:, :L]
+    return Spans(span_id, torch.zeros_like(span_id))
+
+
+def select_sentences(candidate: torch.Tensor, sentence: torch.Tensor, budget: torch.Tensor, scores: torch.Tensor) -> Spans:
+    """Whole sentences in random order until at least ``budget`` candidate tokens are covered (GLM's
+    [sMASK] blanks): each selected sentence is a span of its own (two adjacent ones touch, with two ids).
+
+    candidate [B, L] bool; sentence [B, L] long: the sentence of each token, numbered along the row
+    (padding: L or more); budget [B] long; scores [B, L] uniform: a sentence's key is
+    its first token's. A sentence is a candidate when all its tokens are ([CLS] and [SEP] are sentences
+    of their own in DOC-SENTENCES windows). Returns ``Spans`` (no empty spans)."""
+    B, L = candidate.shape
+    unit = sentence.clamp(0, L)  # one spare unit, L, for padding (never a candidate)
+    arange = torch.arange(L).expand(B, L)
+    first = torch.full((B, L + 1), L, dtype=torch.long).scatter_reduce_(1, unit, arange, "amin")  # per sentence
+    size = torch.zeros(B, L + 1, dtype=torch.long).scatter_add_(1, unit, candidate.long())
+    whole = torch.ones(B, L + 1, dtype=torch.long).scatter_reduce_(1, unit, candidate.long(), "amin")
+    movable = (first < L) & (size > 0) & (whole > 0)
+    order = torch.where(movable, scores.gather(1, first.clamp(max=L - 1)), 2.0).argsort(1)  # sentences by key
+    covered_before = size.gather(1, order).cumsum(1) - size.gather(1, order)
+    # Take sentences in key order while fewer than ``budget`` tokens are covered.
+    take = torch.zeros(B, L + 1, dtype=torch.bool).scatter_(1, order, movable.gather(1, order) & (covered_before < budget[:, None]))
+    selected = take.gather(1, unit) & candidate
+    before = torch.nn.functional.pad(unit[:, :-1], (1, 0), value=-1)
+    return _number(selected, selected & (unit != before))
+
+
+def select_suffix(candidate: torch.Tensor, noise: torch.Tensor, min_ratio: float = 0.5) -> Spans:
+    """One span at the end of each row's candidate tokens (GLM's [gMASK] blank), its length k uniform
+    in [ceil(min_ratio n), max(n - 2, ceil(min_ratio n))] for the row's n candidates (contiguous, e.g.
+    a DOC-SENTENCES window's text). candidate [B, L] bool; noise [B] uniform. Returns ``Spans``."""
+    n = candidate.sum(1)
+    low = torch.ceil(n * min_ratio).long().clamp(min=1)
+    high = torch.maximum(n - 2, low)
+    k = torch.minimum(low + (noise * (high - low + 1)).long(), high)
+    # The k last candidates of the row: those with fewer than k candidates after them.
+    after = candidate.flip(1).long().cumsum(1).flip(1) - candidate.long()
+    selected = candidate & (after < k[:, None])
+    return Spans(selected.long(), torch.zeros_like(selected, dtype=torch.long))
+
+
+class Blanks(NamedTuple):
+    """GLM's blank-infilling rows ``[Part A | Part B]``, right-padded, all [B, W] but the lengths [B]:
+    input_ids, labels (-100 on Part A and padding), position_ids (Part A's index; a Part B token: its
+    span's [MASK]), block_position_ids (0 on Part A; 1..l+1 inside a span), prefix_length (|A|), lengths."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    position_ids: torch.Tensor
+    block_position_ids: torch.Tensor
+    prefix_length: torch.Tensor
+    lengths: torch.Tensor
+
+
+def blank_infilling(input_ids: torch.Tensor, span_id: torch.Tensor, order_scores: torch.Tensor, mask_id: int, sop_id: int,
+                    eop_id: int, pad_id: int, lengths: torch.Tensor | None = None) -> Blanks:
+    """GLM's autoregressive blank infilling of the selected spans (no empty spans).
+
+    Part A is the row with each span replaced by one ``mask_id`` (``infill_spans``); Part B holds the
+    spans in random order (a span's key: its first token's ``order_scores`` [B, L]), each read as
+    ``[SOP] x1 .. xl`` and predicted as ``x1 .. xl [EOP]``. A row's |A| + |B| = n + 2 (spans).
+    Part B is laid out as two slots per position (the [SOP] of a span starting there, then the token)
+    sorted by span key (stable: a span's slots keep their order), then both parts are left-compacted
+    into one row: no loop over rows, spans or tokens. Returns ``Blanks``."""
+    B, L = input_ids.shape
+    real = _real(input_ids, lengths)
+    selected, start = span_id > 0, span_starts(span_id)
+    part_a, a_lengths = infill_spans(input_ids, span_id, mask_id, pad_id, lengths)
+    a_position = (((span_id == 0) | start) & real).long().cumsum(1) - 1  # [B, L]: each kept slot's index in Part A
+    first, _ = span_bounds(span_id)
+    mask_position = a_position.gather(1, first)  # [B, L]: where each token's span's [MASK] sits in Part A
+    next_same = torch.nn.functional.pad(span_id[:, 1:], (0, 1)) == span_id
+    following = torch.nn.functional.pad(input_ids[:, 1:], (0, 1), value=pad_id)
+    # Slots [B, L, 2]: ([SOP] where a span starts, the token), their targets, block positions, keep.
+    slot_input = torch.stack([torch.full_like(input_ids, sop_id), input_ids], -1).flatten(1)
+    slot_target = torch.stack([input_ids, torch.where(next_same, following, eop_id)], -1).flatten(1)
+    slot_block = torch.stack([torch.ones_like(first), torch.arange(L) - first + 2], -1).flatten(1)
+    slot_position = mask_position.repeat_interleave(2, 1)
+    keep = (torch.stack([start, selected], -1) & real[..., None]).flatten(1)
+    key = torch.where(keep, order_scores.gather(1, first).repeat_interleave(2, 1), 2.0)
+    order = key.argsort(dim=1, stable=True)  # spans in random order, each slot after the one before it
+    b_lengths = keep.sum(1)
+    width = int(b_lengths.max()) if B else 0
+    order = order[:, :width]
+    b_real = torch.arange(width) < b_lengths[:, None]
+    a_real = torch.arange(part_a.size(1)) < a_lengths[:, None]
+    both = torch.cat([a_real, b_real], 1)
+
+    def rows(a: torch.Tensor, b: torch.Tensor, fill: int) -> torch.Tensor:
+        return _compact(torch.cat([a, b.gather(1, order)], 1), both, fill)[0]
+
+    a_arange = torch.arange(part_a.size(1)).expand_as(part_a)
+    return Blanks(
+        input_ids=rows(part_a, slot_input, pad_id), labels=rows(torch.full_like(part_a, -100), slot_target, -100),
+        position_ids=rows(a_arange, slot_position, 0), block_position_ids=rows(torch.zeros_like(part_a), slot_block, 0),
+        prefix_length=a_lengths, lengths=a_lengths + b_lengths,
+    )
