@@ -1,7 +1,8 @@
 """Data-pipeline cost: window assembly + MLM collation per batch, against HF's
 DataCollatorForLanguageModeling on the same windows, and as a share of a training step; and the
-span and encoder-decoder collators (SpanBERT on FULL-SENTENCES windows; T5, BART and MASS on
-DOC-SENTENCES windows), each against MLM on the same windows; and the permutation-LM collators
+span and encoder-decoder collators (SpanBERT on FULL-SENTENCES windows; T5, BART, MASS and GLM's
+three blank variants on DOC-SENTENCES windows), each against MLM on the same windows; UniLM against the
+NSP pair + MLM collator on the same pairs; and the permutation-LM collators
 (XLNet, MPNet) against MLM and HF's DataCollatorForPermutationLanguageModeling on the same
 FULL-SENTENCES windows (HF's needs an even length: its inputs are padded to --seq).
 
@@ -25,7 +26,8 @@ from common import allocator, bert_config  # noqa: E402
 
 from lit_ptm.data.builtin import write_builtin_corpus  # noqa: E402
 from lit_ptm.data.collate import (  # noqa: E402
-    BARTCollator, MASSCollator, MLMCollator, MPNetCollator, PairMLMCollator, SpanMLMCollator, T5Collator, XLNetCollator,
+    BARTCollator, GLMCollator, MASSCollator, MLMCollator, MPNetCollator, PairMLMCollator, SpanMLMCollator, T5Collator,
+    UniLMCollator, XLNetCollator,
 )
 from lit_ptm.data.corpus import iter_documents  # noqa: E402
 from lit_ptm.data.sampling import PairWindows, SentenceWindows, WindowDataset  # noqa: E402
@@ -94,6 +96,11 @@ def main() -> None:
         ("BART + sentence permutation", doc_samples,
          BARTCollator(tok.ids, seed=0, permute_sentences=True, decoder_start=start), t_mlm_docs),
         ("MASS (DOC-SENTENCES)", doc_samples, MASSCollator(tok.ids, seed=0, decoder_start=start), t_mlm_docs),
+        *((f"GLM {name} blanks (DOC-SENTENCES)", doc_samples, GLMCollator(tok.ids, seed=0, probabilities=p), t_mlm_docs)
+          for name, p in (("token", (1, 0, 0)), ("sentence", (0, 1, 0)), ("document", (0, 0, 1)))),
+        # UniLM against the NSP pair + MLM collator on the same pairs (its bidirectional batches are that collator's).
+        *((f"UniLM {name} (NSP pairs; x = vs NSP+MLM)", pair_samples, UniLMCollator(tok.ids, seed=0, mix=mix), t_nsp)
+          for name, mix in (("bidirectional", (1, 0, 0, 0)), ("seq2seq", (0, 0, 0, 1)))),
     ]
     span_times = [per_call(lambda c=collate, w=windows: c(w), args.repeats) for _, windows, collate, _ in span_rows]
 
