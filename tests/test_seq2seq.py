@@ -1,5 +1,5 @@
 """Sequence-to-sequence fine-tuning: layouts, loading an encoder-decoder's decoder and head, teacher
-forcing, generation metrics, predictions; causal runs; refusals; the built-in demo task."""
+forcing, generation metrics, predictions; causal runs; UniLM's seq2seq layout; refusals; the built-in demo task."""
 
 import dataclasses
 import json
@@ -11,7 +11,7 @@ import torch
 
 from conftest import run_cli, scalars
 from lit_ptm.nn import ModelConfig
-from lit_ptm.objectives import BART, MASS, MPNet, T5, CausalLM, MaskedLM, XLNet
+from lit_ptm.objectives import BART, MASS, MPNet, T5, CausalLM, MaskedLM, UniLM, XLNet
 
 WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega value".split()
 TINY = dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=64, dropout=0.0,
@@ -29,6 +29,7 @@ CONFIGS = {
     "xlnet": (XLNet, ModelConfig(**TINY, position_embedding="xlnet_relative", attention_bias=False, embedding_norm=False,
                                  lm_head_transform=False)),
     "mpnet": (MPNet, ModelConfig(**{**TINY, "max_position_embeddings": 66}, position_offset=2, relative_attention_bias=True)),
+    "unilm": (UniLM, ModelConfig(**TINY, type_vocab_size=6)),
 }
 
 
@@ -94,19 +95,25 @@ def copy_files(tmp_path, monkeypatch):
 
 
 # -- layouts -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["t5", "bart", "mass", "gpt"])
-def test_each_run_kind_lays_sources_and_targets_out_as_it_was_pretrained(kind, runs, tmp_path, copy_files, monkeypatch):
+def set_up(run, train, max_length=8, **kwargs):
+    """A Seq2Seq task on ``run`` and its data module over ``train``, its features built, outside a Trainer."""
     from types import SimpleNamespace
 
     from lit_ptm.tasks import FinetuneDataModule, Seq2Seq
 
-    train, _ = copy_files
-    data = FinetuneDataModule(train_file=str(train), val_file=str(train), tokenizer=str(runs[kind] / "tokenizer.json"), max_length=8)
-    task = Seq2Seq(pretrained=str(runs[kind]), max_target_length=5)
+    data = FinetuneDataModule(train_file=str(train), val_file=str(train), tokenizer=str(run / "tokenizer.json"), max_length=max_length)
+    task = Seq2Seq(pretrained=str(run), **kwargs)
     data.trainer = SimpleNamespace(lightning_module=task, is_global_zero=True, default_root_dir=None)
     data.setup("fit")
     task.configure_model()
     task.trainer = SimpleNamespace(datamodule=data)  # collate reads the tokenizer through the trainer
+    return task, data
+
+
+@pytest.mark.parametrize("kind", ["t5", "bart", "mass", "gpt"])
+def test_each_run_kind_lays_sources_and_targets_out_as_it_was_pretrained(kind, runs, tmp_path, copy_files, monkeypatch):
+    train, _ = copy_files
+    task, data = set_up(runs[kind], train, max_target_length=5)
     ids = data.tokenizer.ids
     record = json.loads(train.read_text().splitlines()[0])
     words = data.tokenizer.hf.encode(record["source"], add_special_tokens=False).ids
@@ -132,6 +139,60 @@ def test_each_run_kind_lays_sources_and_targets_out_as_it_was_pretrained(kind, r
         assert batch["decoder_input_ids"][0, : len(f["target"])].tolist() == [start, *f["target"][:-1].tolist()]
         assert [t for t in batch["labels"][0].tolist() if t != -100] == f["target"].tolist()
         assert batch["attention_mask"][0].sum() == len(f["source"])
+
+
+def test_a_unilm_run_fine_tunes_in_its_seq2seq_layout(runs, copy_files):
+    """[CLS] source [SEP] target [SEP], segments 4 / 5, the source a prefix; 70% of each target masked (its
+    [SEP] can be), predicted at the [MASK]; the LM head continues from the run; a draw per (seed, epoch, index)."""
+    train, _ = copy_files
+    task, data = set_up(runs["unilm"], train, max_length=12, max_target_length=5)
+    ids = data.tokenizer.ids
+    assert task.objective == "UniLM" and task.unilm and not task.encoder_decoder and not task.reads_causally()
+    state = torch.load(runs["unilm"] / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(v, state[f"lm_head.{k}"]) for k, v in task.lm_head.state_dict().items())
+    records = [json.loads(line) for line in train.read_text().splitlines()]
+    windows = data.datasets["train"].windows
+    for r, f in zip(records[:20], windows):  # room for the target and generation's [MASK] slot: 12 - 5 - 1 - 2 source tokens
+        words = data.tokenizer.hf.encode(r["source"], add_special_tokens=False).ids
+        target = data.tokenizer.hf.encode(r["target"], add_special_tokens=False).ids
+        assert f["source"].tolist() == [ids.cls, *words[:4], ids.sep] and f["target"].tolist() == [*target[:4], ids.sep]
+    samples = [{**w, "index": i} for i, w in enumerate(windows[:64])]
+    batch = task.collate(samples)
+    assert torch.equal(batch["prefix_length"], torch.tensor([len(s["source"]) for s in samples]))
+    masked_sep = 0
+    for i, s in enumerate(samples):
+        source, target, n = s["source"].tolist(), s["target"].tolist(), len(s["source"]) + len(s["target"])
+        row, labels, types = batch["input_ids"][i].tolist(), batch["labels"][i].tolist(), batch["token_type_ids"][i, :n].tolist()
+        assert types == [4] * len(source) + [5] * len(target) and batch["attention_mask"][i].sum() == n
+        assert row[: len(source)] == source and labels[: len(source)] == [-100] * len(source)  # the source is never masked
+        chosen = [j for j in range(len(target)) if labels[len(source) + j] != -100]
+        assert len(chosen) == max(1, round(0.7 * len(target)))
+        for j, token in enumerate(target):
+            assert row[len(source) + j] == (ids.mask if j in chosen else token)
+            assert labels[len(source) + j] == (token if j in chosen else -100)
+        masked_sep += (len(target) - 1) in chosen
+        assert row[n:] == [ids.pad] * (len(row) - n) and labels[n:] == [-100] * (len(row) - n)
+    assert 0 < masked_sep < len(samples)
+    assert torch.equal(task.collate(samples)["input_ids"], batch["input_ids"])  # (seed, epoch, index) decide
+    again = task.collate([{**s, "epoch": 1} for s in samples])["input_ids"]
+    assert not torch.equal(again, batch["input_ids"])
+    # The source never sees the target; a target token sees the source and the target up to itself.
+    task.eval()
+    changed = {**batch, "input_ids": batch["input_ids"].clone()}
+    first = batch["prefix_length"][0].item()
+    changed["input_ids"][0, first + 2 :] = ids.unk  # the target from its third token on
+    with torch.no_grad():
+        before, after = task(batch)[0], task(changed)[0]
+    assert torch.allclose(before[: first + 2], after[: first + 2], atol=1e-6)
+    assert not torch.allclose(before[first + 2 :], after[first + 2 :], atol=1e-6)
+    from lit_ptm.errors import ConfigError
+    from lit_ptm.tasks import Seq2Seq
+
+    for bad, match in ((dict(causal=True), "a UniLM run: it takes UniLM's own layout"),
+                       (dict(objective="BART"), "a UniLM run: it takes UniLM's own layout"),
+                       (dict(target_mask_probability=0.0), "target_mask_probability=0.0 must be in")):
+        with pytest.raises(ConfigError, match=match):
+            Seq2Seq(pretrained=str(runs["unilm"]), **bad).architecture()
 
 
 def test_the_decoder_and_lm_head_come_from_the_run_or_start_fresh(runs):
@@ -213,6 +274,32 @@ def test_finetuning_learns_a_copy_task_evaluates_by_generation_and_predicts(kind
                                         "--model.init_args.from_scratch", "true")])
         assert scratch.model.started_from.startswith("random weights")
         assert torch.load(tmp_path / "scratch" / "last.ckpt", weights_only=True)["lit_ptm"]["started_from"].startswith("random weights")
+
+
+def test_a_unilm_run_fine_tunes_and_evaluates_by_its_seq2seq_generation(runs, tmp_path, copy_files):
+    """A few steps of the cloze fine-tuning, then val / test generate with UniLM's seq2seq reader (a [MASK]
+    slot at a time, up to [SEP]); the fine-tuned checkpoint keeps the layout for test and predict."""
+    train, dev = copy_files
+    root = tmp_path / "unilm"
+    data = ["--data.init_args.train_file", str(train), "--data.init_args.val_file", str(dev)]
+    cli = run_cli(["fit", *args(runs["unilm"], root, *data, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "6",
+                                "--trainer.limit_val_batches", "2")])
+    assert cli.model.objective == "UniLM" and cli.model.hparams["target_mask_probability"] == 0.7
+    losses = list(scalars(root, "train/loss").values())
+    assert len(losses) == 12 and all(0 < x < 20 for x in losses)
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    assert {"val/loss", "val/rougeL", "val/bleu", "val/exact_match"} <= set(metrics)
+    assert all(0 <= metrics[f"val/{k}"] <= 1 for k in ("rougeL", "bleu", "exact_match"))
+    tested = run_cli(["test", *args(runs["unilm"], root, *data, "--data.init_args.test_file", str(dev), "--trainer.limit_test_batches", "1"),
+                      "--ckpt_path", str(root / "last.ckpt")])
+    assert tested.model.unilm and "test/rougeL" in json.loads((root / "test_metrics.json").read_text())
+    sources = tmp_path / "sources.jsonl"
+    sources.write_text("".join(json.dumps({"id": f"p{i}", "source": "alpha beta gamma"}) + "\n" for i in range(3)))
+    run_cli(["predict", *args(runs["unilm"], root, *data, "--data.init_args.predict_file", str(sources)),
+             "--ckpt_path", str(root / "last.ckpt")])
+    predictions = [json.loads(line) for line in (root / "predictions.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in predictions] == ["p0", "p1", "p2"] and all(isinstance(p["prediction"], str) for p in predictions)
+    assert len({p["prediction"] for p in predictions}) == 1  # greedy: the same source, the same text
 
 
 def test_the_built_in_demo_task_is_a_docstring_summary(runs, tmp_path, cache_dir, monkeypatch):

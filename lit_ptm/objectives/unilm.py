@@ -36,6 +36,14 @@ class TaskMix:
         return tuple(getattr(self, key) for key in TASKS)
 
 
+def cloze_reader(module, stack, head, ids, mode: str):
+    """A ``CausalModel`` reading ``stack`` as UniLM's ``mode`` (l2r or seq2seq) reads: the sub-task's segment
+    ids, the prompt a bidirectional prefix in seq2seq, each new token predicted at a [MASK] slot."""
+    from lit_ptm.generate import CausalModel
+
+    return CausalModel(module, stack, head, ids.pad, types=SEGMENTS[mode], prefix=mode == "seq2seq", slot_id=ids.mask)
+
+
 class UniLM(MaskedLM):
     """UniLM v1: every batch is a cloze task over sentence pairs (15% selected, 80% single tokens and 20%
     bigrams or trigrams, 80/10/10), read under the attention pattern and with the segment ids of the
@@ -69,10 +77,7 @@ class UniLM(MaskedLM):
         prompt ``[CLS] text`` continued left to right (segment 2) up to [EOS] or max_new_tokens; seq2seq:
         ``[CLS] text [SEP]`` a bidirectional source (segment 4), the target written left to right (segment 5)
         up to [SEP]. Each step predicts at a [MASK] slot, as the model was trained (a cloze task)."""
-        from lit_ptm.generate import CausalModel
-
-        a, b = SEGMENTS[mode]
-        model = CausalModel(self, self.stack(), self.lm_head, ids.pad, types=(a, b), prefix=mode == "seq2seq", slot_id=ids.mask)
+        model = cloze_reader(self, self.stack(), self.lm_head, ids, mode)
         if mode == "l2r":
             return model, ids.eos, lambda text: [ids.cls, *text]
         return model, ids.sep, lambda text: [ids.cls, *text, ids.sep]

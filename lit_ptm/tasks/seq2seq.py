@@ -1,5 +1,5 @@
 """Sequence-to-sequence fine-tuning (summarisation, translation, any text -> text) on an encoder-decoder
-run (T5, BART, MASS) or a causal one (GPT).
+run (T5, BART, MASS), a causal one (GPT), a GLM or a UniLM run.
 
 Encoder-decoder: the source is the encoder's input and the target the decoder's, both laid out as the
 run's objective laid out its texts (``frame_source`` / ``frame_target``: T5 ``text [EOS]``, BART and
@@ -9,6 +9,10 @@ encoder, the decoder and the LM head all continue from the run. Causal: one sequ
 loss on the target tokens only; generation continues ``source [SEP]``. GLM: as its [gMASK] blanks,
 ``[CLS] source [gMASK] [SEP]`` is Part A (bidirectional), ``[SOP] target`` Part B predicting ``target
 [EOP]`` (causal), at the blank's position with block positions 1..; generation fills the blank.
+UniLM: as its seq2seq sub-task, ``[CLS] source [SEP] target [SEP]`` with segments 4 / 5, the source
+bidirectional (a prefix that never sees the target), the target causal; a share of the target's tokens
+(``target_mask_probability``) is masked and predicted at its [MASK] (a cloze task, as UniLM fine-tuned);
+generation writes the target one [MASK] slot at a time, up to [SEP].
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from torchmetrics.text import BLEUScore, ROUGEScore
 
 from lit_ptm import objectives
 from lit_ptm.callbacks import CheckpointMismatchError
-from lit_ptm.data.collate.common import pad_windows
+from lit_ptm.data.collate.common import pad_windows, sample_seed
+from lit_ptm.data.collate.unilm import SEGMENTS
 from lit_ptm.errors import ConfigError
 from lit_ptm.generate import BlankFiller, CausalModel, EncoderDecoderModel, GenerationConfig, Generator, layout_ids
 from lit_ptm.nn import AttentionMask, LMHead, ModelConfig, Transformer
 from lit_ptm.objectives.base import OptimConfig
 from lit_ptm.objectives.encoder_decoder import DecoderStart, EncoderDecoderLM
+from lit_ptm.objectives.unilm import cloze_reader
 from lit_ptm.tasks.base import FINETUNE_OPTIM, FinetuneTask
 from lit_ptm.tasks.demo import write_summary_task
 from lit_ptm.tasks.features import IGNORE
@@ -35,6 +41,7 @@ from lit_ptm.tasks.records import field
 
 ENCODER_DECODERS = tuple(name for name in objectives.__all__
                          if isinstance(getattr(objectives, name), type) and issubclass(getattr(objectives, name), EncoderDecoderLM))
+OWN_LAYOUTS = ("GLM", "UniLM")  # bidirectional stacks pretrained to write text: each fine-tunes in its own layout
 
 
 class Seq2Seq(FinetuneTask):
@@ -54,13 +61,17 @@ class Seq2Seq(FinetuneTask):
         num_beams, max_new_tokens, length_penalty: generation at validation, test and predict. Beam search
             runs one source at a time (greedy and sampling run the batch at once): slower in evaluation.
         objective: the encoder-decoder objective whose layout and decoder start are used (T5, BART,
-            MASS, EncoderDecoderLM), or GLM's blank layout; None: the pretrained run's. Without a pretrained run and with
-            ``causal`` unset: a fresh encoder-decoder in EncoderDecoderLM's layout.
+            MASS, EncoderDecoderLM), or GLM's blank layout, or UniLM's seq2seq layout; None: the pretrained run's.
+            Without a pretrained run and with ``causal`` unset: a fresh encoder-decoder in EncoderDecoderLM's layout.
         decoder_start: the decoder's start token (a tokenizer role); None: as the run recorded it, else
             the objective's default (T5: pad, BART: eos, MASS: bos).
+        target_mask_probability: UniLM's layout only: the share of each target's tokens (its final [SEP]
+            included; at least one) masked in training and predicted at their [MASK]. Default 0.7, UniLM's for
+            abstractive summarisation; the others stay in view (teacher forcing), the source is never masked.
 
-    A GLM run writes the target into a final [gMASK] of the source (see the module's docstring). An
-    encoder-only run (BERT, RoBERTa, ELECTRA) has no decoder and is refused.
+    A GLM run writes the target into a final [gMASK] of the source, a UniLM run reads source and target as
+    its seq2seq sub-task (see the module's docstring). An encoder-only run (BERT, RoBERTa, ELECTRA) has no
+    decoder and is refused.
     """
 
     def __init__(
@@ -68,19 +79,22 @@ class Seq2Seq(FinetuneTask):
         layer_decay: float = 1.0, freeze_embeddings: bool = False, predictions_file: str | None = None,
         from_scratch: bool = False, causal: bool | None = None,
         max_target_length: int = 64, num_beams: int = 1, max_new_tokens: int | None = None, length_penalty: float = 1.0,
-        objective: str | None = None, decoder_start: DecoderStart | None = None,
+        objective: str | None = None, decoder_start: DecoderStart | None = None, target_mask_probability: float = 0.7,
     ):
         super().__init__(pretrained, config, optim, layer_decay, freeze_embeddings, predictions_file, from_scratch, causal)
         if max_target_length < 2:
             raise ConfigError(f"model.max_target_length={max_target_length} must be at least 2 (a token and the end of the target)")
-        if objective is not None and objective not in (*ENCODER_DECODERS, "GLM"):
-            raise ConfigError(f"model.objective={objective!r} is not one of {', '.join(ENCODER_DECODERS)}, GLM")
+        if objective is not None and objective not in (*ENCODER_DECODERS, *OWN_LAYOUTS):
+            raise ConfigError(f"model.objective={objective!r} is not one of {', '.join((*ENCODER_DECODERS, *OWN_LAYOUTS))}")
+        if not 0.0 < target_mask_probability <= 1.0:
+            raise ConfigError(f"model.target_mask_probability={target_mask_probability} must be in (0, 1]")
         if decoder_start is not None and decoder_start not in DecoderStart.__args__:
             raise ConfigError(f"model.decoder_start={decoder_start!r} is not one of {', '.join(DecoderStart.__args__)}")
         for key, value in (("num_beams", num_beams), ("max_new_tokens", max_new_tokens), ("max_target_length", max_target_length)):
             if value is not None and value < 1:
                 raise ConfigError(f"model.{key}={value} must be at least 1")
         self.max_target_length, self.objective, self.decoder_start = max_target_length, objective, decoder_start
+        self.target_mask_probability = target_mask_probability
         self.generation = GenerationConfig(max_new_tokens=max_new_tokens if max_new_tokens is not None else max_target_length,
                                            num_beams=num_beams,
                                            length_penalty=length_penalty)
@@ -105,16 +119,16 @@ class Seq2Seq(FinetuneTask):
                                   "(leave model.objective unset: the run's layout is taken)")
             self.objective = run.objective
             self.decoder_start = self.decoder_start or run.decoder_start
-        elif run.objective == "GLM":  # blank infilling: the target written into a final [gMASK]
-            if self.causal or self.objective not in (None, "GLM"):
-                raise ConfigError(f"model.pretrained={run.checkpoint} is a GLM run: it takes GLM's own layout "
-                                  "(leave model.causal and model.objective unset)")
-            self.objective = "GLM"
+        elif run.objective in OWN_LAYOUTS:  # GLM: the target written into a final [gMASK]; UniLM: its seq2seq sub-task
+            if self.causal or self.objective not in (None, run.objective):
+                raise ConfigError(f"model.pretrained={run.checkpoint} is a {run.objective} run: it takes {run.objective}'s "
+                                  "own layout (leave model.causal and model.objective unset)")
+            self.objective = run.objective
         elif not run.causal:
             raise ConfigError(
                 f"model.pretrained={run.checkpoint} is a {run.objective} run, an encoder only: sequence-to-sequence "
-                "fine-tuning needs a decoder. Start from an encoder-decoder run (configs t5 / bart / mass) or a causal "
-                "LM (configs/gpt.yaml)"
+                "fine-tuning needs a decoder. Start from an encoder-decoder run (configs t5 / bart / mass), a causal "
+                "LM (configs/gpt.yaml), or a GLM or UniLM run (each fine-tunes in its own layout)"
             )
         self.hparams["objective"], self.hparams["decoder_start"] = self.objective, self.decoder_start
 
@@ -125,8 +139,14 @@ class Seq2Seq(FinetuneTask):
         return self.objective == "GLM"
 
     @property
+    def unilm(self) -> bool:
+        """A UniLM run: [CLS] source [SEP] (segment 4, bidirectional) target [SEP] (segment 5, causal), a cloze task."""
+        self.architecture()
+        return self.objective == "UniLM"
+
+    @property
     def encoder_decoder(self) -> bool:
-        return not self.reads_causally() and not self.glm
+        return not self.reads_causally() and not self.glm and not self.unilm
 
     @cached_property
     def layout(self) -> EncoderDecoderLM:
@@ -142,6 +162,8 @@ class Seq2Seq(FinetuneTask):
     def require_special_tokens(self, tokenizer) -> None:
         if self.glm:
             tokenizer.require("cls", "sep", "gmask", "sop", "eop", purpose="sequence-to-sequence fine-tuning of a GLM run")
+        elif self.unilm:
+            tokenizer.require("cls", "sep", "mask", purpose="sequence-to-sequence fine-tuning of a UniLM run")
         elif self.encoder_decoder:
             layout_ids(self.layout, tokenizer.ids, f"fine-tuning a {self.layout.__class__.__name__} run")
         else:
@@ -205,6 +227,10 @@ class Seq2Seq(FinetuneTask):
                 f["source"] = torch.tensor([ids.cls, *source[: data.max_length - 3], ids.gmask, ids.sep])
                 if target is not None:
                     f["target"] = torch.tensor([*target[: self.max_target_length - 1], ids.eop])
+            elif self.unilm:  # [CLS] source [SEP] | target [SEP]; room for the target and generation's [MASK] slot
+                f["source"] = torch.tensor([ids.cls, *source[: self._source_room(data, 3)], ids.sep])
+                if target is not None:
+                    f["target"] = torch.tensor([*target[: self.max_target_length - 1], ids.sep])
             elif self.encoder_decoder:
                 layout = self.layout
                 room = data.max_length - len(layout.frame_source([], ids))
@@ -213,17 +239,22 @@ class Seq2Seq(FinetuneTask):
                     room = self.max_target_length - len(layout.frame_target([], ids))
                     f["target"] = torch.tensor(layout.frame_target(target[:room], ids))
             else:  # source [SEP] | target [EOS], room for max_target_length target tokens after the source
-                room = data.max_length - self.max_target_length - 1
-                if room < 1:
-                    raise ConfigError(f"data.max_length={data.max_length} leaves no room for a source before "
-                                      f"model.max_target_length={self.max_target_length} target tokens (a causal model reads both)")
-                f["source"] = torch.tensor([*source[:room], ids.sep if ids.sep is not None else ids.eos])
+                f["source"] = torch.tensor([*source[: self._source_room(data, 1)], ids.sep if ids.sep is not None else ids.eos])
                 if target is not None:
                     f["target"] = torch.tensor([*target[: self.max_target_length - 1], ids.eos])
             if target is not None:
                 f["reference"] = tokenizer.hf.decode(target)
             features.append(f)
         return features
+
+    def _source_room(self, data, framing: int) -> int:
+        """A source's tokens in one sequence with the target: ``data.max_length`` less ``max_target_length``
+        and ``framing`` other tokens."""
+        room = data.max_length - self.max_target_length - framing
+        if room < 1:
+            raise ConfigError(f"data.max_length={data.max_length} leaves no room for a source before "
+                              f"model.max_target_length={self.max_target_length} target tokens (one sequence reads both)")
+        return room
 
     def collate(self, samples):
         ids = self.trainer.datamodule.tokenizer.ids
@@ -245,6 +276,8 @@ class Seq2Seq(FinetuneTask):
                           "prefix_length": torch.tensor([len(s["source"]) for s in samples])})
             lengths = torch.tensor([len(r["ids"]) for r in rows])
             batch["attention_mask"] = torch.arange(batch["input_ids"].size(1)) < lengths[:, None]
+        elif self.unilm and labelled:
+            batch.update(self._unilm_rows(samples, ids))
         elif self.encoder_decoder:
             batch["input_ids"] = pad_windows(samples, "source", ids.pad)
             lengths = torch.tensor([len(s["source"]) for s in samples])
@@ -263,6 +296,26 @@ class Seq2Seq(FinetuneTask):
             batch["attention_mask"] = torch.arange(batch["input_ids"].size(1)) < lengths[:, None]
         return batch
 
+    def _unilm_rows(self, samples, ids) -> dict:
+        """[CLS] source [SEP] target [SEP], segments 4 / 5, ``prefix_length`` the source's; in each target
+        ``max(1, round(target_mask_probability * len))`` tokens drawn from the sample's (seed, epoch, index)
+        stream become [MASK], their labels the tokens (UniLM's fine-tuning: a cloze task on the target)."""
+        prefix = torch.tensor([len(s["source"]) for s in samples])
+        lengths = prefix + torch.tensor([len(s["target"]) for s in samples])
+        input_ids = pad_windows([{"ids": torch.cat([s["source"], s["target"]])} for s in samples], "ids", ids.pad)
+        seed = self.trainer.datamodule.seed
+        noise = torch.ones(input_ids.shape)  # a target token's draw, below 1; 1 elsewhere (chosen last)
+        for i, s in enumerate(samples):
+            g = torch.Generator().manual_seed(sample_seed(seed, s.get("epoch", 0), s["index"]))
+            noise[i, prefix[i] : lengths[i]] = torch.rand(int(lengths[i] - prefix[i]), generator=g) * 0.999
+        rank = noise.argsort(1).argsort(1)  # the target's tokens first, in random order
+        masked = rank < ((lengths - prefix) * self.target_mask_probability).round().clamp(min=1)[:, None]
+        position = torch.arange(input_ids.size(1))
+        a, b = SEGMENTS["seq2seq"]
+        return {"input_ids": input_ids.masked_fill(masked, ids.mask), "labels": input_ids.masked_fill(~masked, IGNORE),
+                "token_type_ids": torch.where(position < prefix[:, None], a, b), "prefix_length": prefix,
+                "attention_mask": position < lengths[:, None]}
+
     # -- steps ----------------------------------------------------------------------------------
     def forward(self, batch) -> torch.Tensor:
         """Hidden states (B, T, H) of the positions that predict the target: the decoder's, or the causal stack's."""
@@ -271,7 +324,7 @@ class Seq2Seq(FinetuneTask):
             return self.decode(batch["decoder_input_ids"], memory, batch["attention_mask"]).hidden
         mask = AttentionMask(padding=batch["attention_mask"], causal=True, prefix_length=batch.get("prefix_length"))
         return self.transformer(batch["input_ids"], mask, position_ids=batch.get("position_ids"),
-                                block_position_ids=batch.get("block_position_ids")).hidden
+                                block_position_ids=batch.get("block_position_ids"), token_type_ids=batch.get("token_type_ids")).hidden
 
     def step(self, split: str, batch):
         labels = batch["labels"]
@@ -287,6 +340,8 @@ class Seq2Seq(FinetuneTask):
         if self.encoder_decoder:
             start, end = layout_ids(self.layout, ids, f"a {self.objective} model")
             return Generator(EncoderDecoderModel(self, self.lm_head, start, ids.pad), eos_id=end, pad_id=ids.pad)
+        if self.unilm:  # as ``lit-ptm generate --mode seq2seq`` reads a UniLM run: up to [SEP]
+            return Generator(cloze_reader(self, self.transformer, self.lm_head, ids, "seq2seq"), eos_id=ids.sep, pad_id=ids.pad)
         return Generator(CausalModel(self, self.transformer, self.lm_head, ids.pad), eos_id=ids.eos, pad_id=ids.pad)
 
     def generate(self, sources: list[list[int]]) -> list[str]:
