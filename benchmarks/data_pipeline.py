@@ -73,6 +73,8 @@ def main() -> None:
 
     pairs = WindowDataset(PairWindows(store, np.arange(store.num_docs), args.seq, tok.ids, task="nsp", seed=0))
     pair_samples = [pairs[(0, int(i))] for i in rng.integers(0, len(pairs), args.batch)]
+    sop = WindowDataset(PairWindows(store, np.arange(store.num_docs), args.seq, tok.ids, task="sop", seed=0))  # UniLM's
+    sop_samples = [sop[(0, int(i))] for i in rng.integers(0, len(sop), args.batch)]
     ours_nsp = PairMLMCollator(tok.ids, seed=0, task="nsp")
     ours_ngram = MLMCollator(tok.ids, seed=0, max_ngram=3)
 
@@ -99,7 +101,7 @@ def main() -> None:
         *((f"GLM {name} blanks (DOC-SENTENCES)", doc_samples, GLMCollator(tok.ids, seed=0, probabilities=p), t_mlm_docs)
           for name, p in (("token", (1, 0, 0)), ("sentence", (0, 1, 0)), ("document", (0, 0, 1)))),
         # UniLM against the NSP pair + MLM collator on the same pairs (its bidirectional batches are that collator's).
-        *((f"UniLM {name} (NSP pairs; x = vs NSP+MLM)", pair_samples, UniLMCollator(tok.ids, seed=0, mix=mix), t_nsp)
+        *((f"UniLM {name} (SOP pairs; x = vs NSP+MLM)", sop_samples, UniLMCollator(tok.ids, seed=0, mix=mix), t_nsp)
           for name, mix in (("bidirectional", (1, 0, 0, 0)), ("seq2seq", (0, 0, 0, 1)))),
     ]
     span_times = [per_call(lambda c=collate, w=windows: c(w), args.repeats) for _, windows, collate, _ in span_rows]

@@ -1,6 +1,7 @@
 """UniLM: the collator's statistics and sub-task draw, the attention patterns (as masks and on the model),
 per-task logging through the CLI, generation in both modes with and without the KV cache."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,15 +20,17 @@ TINY = ModelConfig(vocab_size=60, hidden_size=32, num_layers=2, num_heads=4, int
                    type_vocab_size=6, dropout=0.0, attention_dropout=0.0)
 
 
-def pairs(n, epoch=0, start=0, length=(20, 60), seed=0):
-    """NSP-packing samples of random regular tokens (A and B of random lengths, label random)."""
+def pairs(n, epoch=0, start=0, length=(20, 60), seed=0, documents=None):
+    """SOP-packing samples of random regular tokens (A and B of random lengths, label 0), each row its own
+    document unless ``documents`` says."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(n):
         la, lb = (int(torch.randint(*length, (1,), generator=g)) for _ in range(2))
         a, b = torch.randint(6, 60, (la,), generator=g), torch.randint(6, 60, (lb,), generator=g)
         out.append({"a": a, "b": b, "a_word_start": torch.ones(la, dtype=torch.bool), "b_word_start": torch.ones(lb, dtype=torch.bool),
-                    "label": int(torch.randint(2, (1,), generator=g)), "max_tokens": 125, "epoch": epoch, "index": start + i})
+                    "label": 0, "max_tokens": 125, "epoch": epoch, "index": start + i,
+                    "document": start + i if documents is None else documents[i]})
     return out
 
 
@@ -79,6 +82,80 @@ def test_the_task_is_a_function_of_seed_epoch_and_the_first_index():
     assert tasks == {0, 1, 2, 3}
     epochs = [UniLMCollator(IDS, seed=3)(pairs(8, epoch=e))["task"] for e in range(40)]
     assert len(set(epochs)) > 1
+
+
+def unmasked(batch, sep=IDS.sep):
+    """Each row's (A, B) token lists, the masking undone."""
+    ids = torch.where(batch["labels"] != -100, batch["labels"], batch["input_ids"])
+    out = []
+    for row in ids.tolist():
+        seps = [j for j, t in enumerate(row) if t == sep]
+        out.append((row[1 : seps[0]], row[seps[0] + 1 : seps[1]]))
+    return out
+
+
+def within(part, whole) -> bool:
+    """``part`` is a contiguous run of ``whole``."""
+    return any(whole[k : k + len(part)] == part for k in range(len(whole) - len(part) + 1))
+
+
+@pytest.fixture(scope="module")
+def sop_windows(tmp_path_factory):
+    from conftest import write_corpus
+    from lit_ptm.data.corpus import iter_documents
+    from lit_ptm.data.sampling import PairWindows, WindowDataset
+    from lit_ptm.data.store import open_store
+    from lit_ptm.tokenizer import train_tokenizer
+
+    tmp = tmp_path_factory.mktemp("unilm-pairs")
+    corpus = write_corpus(tmp / "c.txt", n_docs=60, sentences=(2, 10))
+    tok = train_tokenizer((s for d in iter_documents(corpus) for s in d), "wordpiece", 400)
+    store = open_store([corpus], tok, tmp / "cache")
+    return store, tok.ids, WindowDataset(PairWindows(store, np.arange(store.num_docs), 64, tok.ids, task="sop", seed=1))
+
+
+@pytest.mark.parametrize("task", ["l2r", "r2l", "seq2seq"])
+def test_the_causal_sub_tasks_read_contiguous_pairs(sop_windows, task):
+    """UniLM's packing is SOP's: B follows A in A's document; the collator keeps them so (no swap, no NSP)."""
+    store, ids, windows = sop_windows
+    plan = windows.windows.plan(0)
+    assert (plan[:, 1] == plan[:, 2]).all() and (plan[:, 4] == 0).all()  # b0 == a1: B starts where A ends
+    docs = np.searchsorted(store.doc_offsets, plan[:, [0, 3]] - [0, 1], side="right") - 1
+    assert (docs[:, 0] == docs[:, 1]).all()  # ... within A's document
+    mix = [0.0] * 4
+    mix[TASKS.index(task)] = 1.0
+    collate = UniLMCollator(ids, seed=0, mix=tuple(mix))
+    for start in range(0, 96, 16):
+        samples = [windows[(0, k)] for k in range(start, start + 16)]
+        batch = collate(samples)
+        assert TASKS[batch["task"]] == task and "pair_labels" not in batch
+        for (a, b), s in zip(unmasked(batch, ids.sep), samples):
+            assert within(a, s["a"].tolist()) and within(b, s["b"].tolist())
+
+
+def test_bidirectional_batches_take_half_their_bs_from_other_rows():
+    """NSP built per batch: ~50% NotNext; a NotNext B is another row's B, from another document; an IsNext
+    B is the row's own; a function of (seed, epoch, the first index); rows with no other document keep theirs."""
+    collate = UniLMCollator(IDS, seed=5, mix=(1, 0, 0, 0))
+    labels = []
+    for start in range(0, 8 * 300, 8):
+        samples = pairs(8, start=start, documents=[start + i // 2 for i in range(8)])  # two rows a document
+        batch = collate(samples)
+        labels += batch["pair_labels"].tolist()
+        for (a, b), s, label in zip(unmasked(batch), samples, batch["pair_labels"].tolist()):
+            assert a == s["a"].tolist()
+            donors = [o for o in samples if o["b"].tolist() == b]
+            assert len(donors) == 1 and (donors[0] is s) == (label == 0)
+            assert label == 0 or donors[0]["document"] != s["document"]
+        if start == 0:
+            again = UniLMCollator(IDS, seed=5, mix=(1, 0, 0, 0))(samples)
+            assert torch.equal(again["pair_labels"], batch["pair_labels"]) and torch.equal(again["input_ids"], batch["input_ids"])
+    assert sum(labels) / len(labels) == pytest.approx(0.5, abs=0.03)
+    epochs = {tuple(collate(pairs(8, epoch=e))["pair_labels"].tolist()) for e in range(10)}
+    assert len(epochs) > 1
+    alone = collate(pairs(8, documents=[7] * 8))  # one document: no donor
+    assert alone["pair_labels"].tolist() == [0] * 8
+    assert collate(pairs(1))["pair_labels"].tolist() == [0]
 
 
 def test_mix_is_validated_by_key():

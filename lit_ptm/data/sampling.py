@@ -292,8 +292,8 @@ class PairWindows(Windows):
     occasionally sitting out or appearing twice within an epoch.
     Evaluation reads epoch 0 (its sampler's epoch is fixed): the same pairs at every evaluation.
 
-    An item is ``{"a": ids, "b": ids, "a_word_start", "b_word_start", "label"}``; the collator trims,
-    lays out ``[CLS] A [SEP] B [SEP]`` and masks.
+    An item is ``{"a": ids, "b": ids, "a_word_start", "b_word_start", "label", "max_tokens", "document"}``
+    (``document``: A's, the store's index); the collator trims, lays out ``[CLS] A [SEP] B [SEP]`` and masks.
     """
 
     def __init__(self, store: TokenStore, doc_ids: np.ndarray, length: int, ids: SpecialIds, task: Literal["nsp", "sop"],
@@ -429,6 +429,7 @@ class PairWindows(Windows):
             "a": torch.from_numpy(tokens[a0:a1].astype(np.int64)), "b": torch.from_numpy(tokens[b0:b1].astype(np.int64)),
             "a_word_start": torch.from_numpy(starts[a0:a1].astype(bool)), "b_word_start": torch.from_numpy(starts[b0:b1].astype(bool)),
             "label": label, "max_tokens": self.max_tokens,
+            "document": int(np.searchsorted(self.store.doc_offsets, a0, side="right") - 1),  # A's, in the store
         }
 
     def __getitem__(self, k: int) -> dict:

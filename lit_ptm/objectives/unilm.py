@@ -68,7 +68,7 @@ class UniLM(MaskedLM):
         def collator(ids, seed, isolate_documents):
             return UniLMCollator(ids, seed, self.mix.probabilities(), self.mlm_probability)
 
-        return DataRecipe(packings=("nsp_pairs",), collator=collator, name="the UniLM objective")
+        return DataRecipe(packings=("sop_pairs",), collator=collator, name="the UniLM objective")  # contiguous; NSP in the collator
 
     generation_modes = ("l2r", "seq2seq")
 
