@@ -47,6 +47,17 @@ def write_corpus(path: Path, n_docs: int = 40, seed: int = 0, sentences=(3, 8)) 
     return path
 
 
+def corpus_store(directory: Path, n_docs: int, sentences=(3, 8)):
+    """``write_corpus`` in ``directory``, a WordPiece tokenizer (400) trained on it, and its token store: (store, tokenizer)."""
+    from lit_ptm.data.corpus import iter_documents
+    from lit_ptm.data.store import open_store
+    from lit_ptm.tokenizer import train_tokenizer
+
+    corpus = write_corpus(directory / "c.txt", n_docs=n_docs, sentences=sentences)
+    tok = train_tokenizer((s for d in iter_documents(corpus) for s in d), "wordpiece", 400)
+    return open_store([corpus], tok, directory / "cache"), tok
+
+
 def long_windows(tok, n, length=512, word_rate=0.75, seed=0):
     """Windows shaped like SentenceWindows' ([CLS] text [SEP], one document), of random regular tokens,
     1 / word_rate tokens a word on average: long enough that the last span of a row, shrunk to meet

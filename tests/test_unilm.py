@@ -101,16 +101,10 @@ def within(part, whole) -> bool:
 
 @pytest.fixture(scope="module")
 def sop_windows(tmp_path_factory):
-    from conftest import write_corpus
-    from lit_ptm.data.corpus import iter_documents
+    from conftest import corpus_store
     from lit_ptm.data.sampling import PairWindows, WindowDataset
-    from lit_ptm.data.store import open_store
-    from lit_ptm.tokenizer import train_tokenizer
 
-    tmp = tmp_path_factory.mktemp("unilm-pairs")
-    corpus = write_corpus(tmp / "c.txt", n_docs=60, sentences=(2, 10))
-    tok = train_tokenizer((s for d in iter_documents(corpus) for s in d), "wordpiece", 400)
-    store = open_store([corpus], tok, tmp / "cache")
+    store, tok = corpus_store(tmp_path_factory.mktemp("unilm-pairs"), n_docs=60, sentences=(2, 10))
     return store, tok.ids, WindowDataset(PairWindows(store, np.arange(store.num_docs), 64, tok.ids, task="sop", seed=1))
 
 
