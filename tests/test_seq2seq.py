@@ -240,11 +240,13 @@ def test_an_encoder_only_run_is_refused(kind, runs, tmp_path, copy_files):
 
 
 # -- through the CLI: fit, test, predict -------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["t5", "bart", "gpt"])
+@pytest.mark.parametrize("kind", ["t5", "bart", "gpt", "unilm"])
 def test_finetuning_learns_a_copy_task_evaluates_by_generation_and_predicts(kind, runs, tmp_path, copy_files):
     """Copying is learnt within 10 epochs from random weights by the BART-like model (perfectly) and the
     GPT-like one (mostly); the tiny T5-like one (relative positions only, no position information in its
-    cross-attention) aligns target and source positions more slowly (ROUGE-L 0.57, no exact copies yet)."""
+    cross-attention) aligns target and source positions more slowly (ROUGE-L 0.57, no exact copies yet).
+    UniLM: its seq2seq layout, 70% of each target masked (loss 4.6 -> 1.2, ROUGE-L 0.62), generating with its
+    cloze reader (a [MASK] slot at a time, up to [SEP]); the fine-tuned checkpoint keeps the layout."""
     train, dev = copy_files
     root = tmp_path / kind
     data = ["--data.init_args.train_file", str(train), "--data.init_args.val_file", str(dev)]
@@ -254,11 +256,13 @@ def test_finetuning_learns_a_copy_task_evaluates_by_generation_and_predicts(kind
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     assert {"val/loss", "val/rougeL", "val/bleu", "val/exact_match"} <= set(metrics)
     assert all(0 <= metrics[f"val/{k}"] <= 1 for k in ("rougeL", "bleu", "exact_match"))
-    learnt = {"bart": (0.95, 0.9), "gpt": (0.7, 0.1), "t5": (0.4, 0.0)}[kind]
+    learnt = {"bart": (0.95, 0.9), "gpt": (0.7, 0.1), "t5": (0.4, 0.0), "unilm": (0.5, 0.0)}[kind]
     assert metrics["val/rougeL"] >= learnt[0] and metrics["val/exact_match"] >= learnt[1], metrics
     tested = run_cli(["test", *args(runs[kind], root, *data, "--data.init_args.test_file", str(dev), "--model.init_args.num_beams", "2"),
                       "--ckpt_path", str(root / "last.ckpt")])
     assert tested.model.generation.num_beams == 2
+    if kind == "unilm":
+        assert tested.model.unilm and cli.model.hparams["target_mask_probability"] == 0.7
     assert json.loads((root / "test_metrics.json").read_text())["test/rougeL"] >= learnt[0]
     rows = [json.loads(line) for line in dev.read_text().splitlines()[:8]]
     sources = tmp_path / "sources.jsonl"
@@ -274,32 +278,6 @@ def test_finetuning_learns_a_copy_task_evaluates_by_generation_and_predicts(kind
                                         "--model.init_args.from_scratch", "true")])
         assert scratch.model.started_from.startswith("random weights")
         assert torch.load(tmp_path / "scratch" / "last.ckpt", weights_only=True)["lit_ptm"]["started_from"].startswith("random weights")
-
-
-def test_a_unilm_run_fine_tunes_and_evaluates_by_its_seq2seq_generation(runs, tmp_path, copy_files):
-    """A few steps of the cloze fine-tuning, then val / test generate with UniLM's seq2seq reader (a [MASK]
-    slot at a time, up to [SEP]); the fine-tuned checkpoint keeps the layout for test and predict."""
-    train, dev = copy_files
-    root = tmp_path / "unilm"
-    data = ["--data.init_args.train_file", str(train), "--data.init_args.val_file", str(dev)]
-    cli = run_cli(["fit", *args(runs["unilm"], root, *data, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "6",
-                                "--trainer.limit_val_batches", "2")])
-    assert cli.model.objective == "UniLM" and cli.model.hparams["target_mask_probability"] == 0.7
-    losses = list(scalars(root, "train/loss").values())
-    assert len(losses) == 12 and all(0 < x < 20 for x in losses)
-    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
-    assert {"val/loss", "val/rougeL", "val/bleu", "val/exact_match"} <= set(metrics)
-    assert all(0 <= metrics[f"val/{k}"] <= 1 for k in ("rougeL", "bleu", "exact_match"))
-    tested = run_cli(["test", *args(runs["unilm"], root, *data, "--data.init_args.test_file", str(dev), "--trainer.limit_test_batches", "1"),
-                      "--ckpt_path", str(root / "last.ckpt")])
-    assert tested.model.unilm and "test/rougeL" in json.loads((root / "test_metrics.json").read_text())
-    sources = tmp_path / "sources.jsonl"
-    sources.write_text("".join(json.dumps({"id": f"p{i}", "source": "alpha beta gamma"}) + "\n" for i in range(3)))
-    run_cli(["predict", *args(runs["unilm"], root, *data, "--data.init_args.predict_file", str(sources)),
-             "--ckpt_path", str(root / "last.ckpt")])
-    predictions = [json.loads(line) for line in (root / "predictions.jsonl").read_text().splitlines()]
-    assert [p["id"] for p in predictions] == ["p0", "p1", "p2"] and all(isinstance(p["prediction"], str) for p in predictions)
-    assert len({p["prediction"] for p in predictions}) == 1  # greedy: the same source, the same text
 
 
 def test_the_built_in_demo_task_is_a_docstring_summary(runs, tmp_path, cache_dir, monkeypatch):
