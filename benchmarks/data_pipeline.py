@@ -2,7 +2,7 @@
 DataCollatorForLanguageModeling on the same windows, and as a share of a training step; and the
 span and encoder-decoder collators (SpanBERT on FULL-SENTENCES windows; T5, BART, MASS and GLM's
 three blank variants on DOC-SENTENCES windows), each against MLM on the same windows; UniLM against the
-NSP pair + MLM collator on the same pairs; and the permutation-LM collators
+pair + MLM collator (BERT's, without swapping) on the same SOP pairs; and the permutation-LM collators
 (XLNet, MPNet) against MLM and HF's DataCollatorForPermutationLanguageModeling on the same
 FULL-SENTENCES windows (HF's needs an even length: its inputs are padded to --seq).
 
@@ -80,6 +80,7 @@ def main() -> None:
 
     assemble = per_call(lambda: [ds[k] for k in keys()], args.repeats)
     t_nsp = per_call(lambda: ours_nsp(pair_samples), args.repeats)
+    t_pairs_sop = per_call(lambda: ours_nsp(sop_samples), args.repeats)  # the pair + MLM collator on UniLM's pairs
     t_ngram = per_call(lambda: ours_ngram(samples), args.repeats)
     t_ours = per_call(lambda: ours(samples), args.repeats)
     t_wwm = per_call(lambda: ours_wwm(samples), args.repeats)
@@ -101,7 +102,7 @@ def main() -> None:
         *((f"GLM {name} blanks (DOC-SENTENCES)", doc_samples, GLMCollator(tok.ids, seed=0, probabilities=p), t_mlm_docs)
           for name, p in (("token", (1, 0, 0)), ("sentence", (0, 1, 0)), ("document", (0, 0, 1)))),
         # UniLM against the NSP pair + MLM collator on the same pairs (its bidirectional batches are that collator's).
-        *((f"UniLM {name} (SOP pairs; x = vs NSP+MLM)", sop_samples, UniLMCollator(tok.ids, seed=0, mix=mix), t_nsp)
+        *((f"UniLM {name} (SOP pairs; x = vs NSP+MLM)", sop_samples, UniLMCollator(tok.ids, seed=0, mix=mix), t_pairs_sop)
           for name, mix in (("bidirectional", (1, 0, 0, 0)), ("seq2seq", (0, 0, 0, 1)))),
     ]
     span_times = [per_call(lambda c=collate, w=windows: c(w), args.repeats) for _, windows, collate, _ in span_rows]
@@ -143,7 +144,7 @@ def main() -> None:
     print(f"ratio HF / lit_ptm collator time:     {t_hf / t_ours:7.2f}x")
     print(f"{'lit_ptm MLM collator, DOC-SENTENCES:':37s} {t_mlm_docs * 1e3:7.2f} ms")
     for (name, windows, _, t_mlm), t in zip(span_rows, span_times):
-        tokens_in = sum(len(w["ids"]) for w in windows)
+        tokens_in = sum(len(w["ids"]) if "ids" in w else len(w["a"]) + len(w["b"]) for w in windows)  # pairs: A + B
         print(f"{name + ':':37s} {t * 1e3:7.2f} ms  ({tokens_in / t / 1e6:5.1f} M tok/s of {tokens_in} window tokens, "
               f"{t / t_mlm:4.1f}x MLM on the same windows)")
     for (name, _), t in zip(plm_rows, plm_times):
