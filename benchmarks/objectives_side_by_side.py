@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SEQ2SEQ = ("mass", "t5", "bart", "glm")  # fine-tuned whole on the seq2seq demo too (GLM in its blank layout)
+SEQ2SEQ = ("mass", "t5", "bart", "unilm", "glm")  # fine-tuned whole on the seq2seq demo too (UniLM, GLM in their own layouts)
 
 
 def lit_ptm(*args: str) -> None:
