@@ -266,3 +266,7 @@ def test_a_run_fills_blanks_from_the_command_line_fine_tunes_on_seq2seq_and_refu
     assert row[a + 1 : a + t] == labels[a : a + t - 1]
     assert batch["position_ids"][0, a : a + t].tolist() == [a - 2] * t and batch["block_position_ids"][0, a : a + t].tolist() == list(range(1, t + 1))
     assert "val/rougeL" in cli.trainer.callback_metrics
+    # Beam search is refused when the run is read, not when the first evaluation starts.
+    with pytest.raises(ValueError, match="model.num_beams=2: a GLM run fills its .gMASK. greedily"):
+        run_cli(["fit", *args(root, tmp_path / "beams", "--data.init_args.train_file", str(train), "--data.init_args.val_file",
+                              str(dev), "--model.init_args.num_beams", "2")])

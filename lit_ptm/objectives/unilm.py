@@ -100,13 +100,20 @@ class UniLM(MaskedLM):
         """The base's, plus ``{split}/loss_{task}``, and ``{split}/mlm_loss`` on every batch (the base logs
         parts only where there are two: here, on bidirectional batches). In training, the sub-task's loss
         goes straight to the logger at this step: ``self.log`` would repeat a key's last value at every
-        later logging step of the epoch, also where its sub-task did not run."""
-        super()._log_parts(split, parts, batch)
+        later logging step of the epoch, also where its sub-task did not run. So do NSP's loss and accuracy
+        (bidirectional batches only)."""
         step, n = split == "train", len(batch["input_ids"])
+        own = {f"{split}/loss_{TASKS[batch.get('task', 0)]}": parts.total}
+        if step and self.pair_task in parts.parts:
+            predictions, targets = parts.accuracies[self.pair_task]
+            own.update({f"train/{self.pair_task}_loss": parts.parts[self.pair_task],
+                        f"train/{self.pair_task}_acc": (predictions == targets).float().mean()})
+            parts = dataclasses.replace(parts, parts={"mlm": parts.parts["mlm"]}, accuracies={"mlm": parts.accuracies["mlm"]})
+        super()._log_parts(split, parts, batch)
         if len(parts.parts) == 1:
             self.log(f"{split}/mlm_loss", parts.parts["mlm"], on_step=step, on_epoch=not step, batch_size=n)
-        name = f"{split}/loss_{TASKS[batch.get('task', 0)]}"
         if not step:
-            self.log(name, parts.total, on_epoch=True, batch_size=n)
+            for name, value in own.items():
+                self.log(name, value, on_epoch=True, batch_size=n)
         elif self.logger is not None and self.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
-            self.logger.log_metrics({name: parts.total.item()}, step=self.global_step)
+            self.logger.log_metrics({name: value.item() for name, value in own.items()}, step=self.global_step)

@@ -123,6 +123,9 @@ class Seq2Seq(FinetuneTask):
             if self.causal or self.objective not in (None, run.objective):
                 raise ConfigError(f"model.pretrained={run.checkpoint} is a {run.objective} run: it takes {run.objective}'s "
                                   "own layout (leave model.causal and model.objective unset)")
+            if run.objective == "GLM" and self.generation.num_beams > 1:  # refused now, not when evaluation starts
+                raise ConfigError(f"model.num_beams={self.generation.num_beams}: a GLM run fills its [gMASK] greedily "
+                                  "(GLM's blank filling has no beam search); set model.num_beams 1")
             self.objective = run.objective
         elif not run.causal:
             raise ConfigError(
