@@ -15,12 +15,14 @@ from lit_ptm.tokenizer import Tokenizer
 @pytest.fixture(scope="module")
 def pretrained_runs(tmp_path_factory, cache_dir):
     """Briefly pretrained runs on the built-in corpus (tiny.yaml: 300 steps), each trained when a test first
-    asks for it: an encoder (BERT: MLM + NSP), a decoder (GPT), the permutation LMs (XLNet, MPNet)."""
+    asks for it: an encoder (BERT: MLM + NSP), a decoder (GPT), the permutation LMs (XLNet, MPNet); UniLM and
+    GLM for 10 steps (only their weights' loading is tested)."""
     root = tmp_path_factory.mktemp("pretrained")
+    briefly = {"unilm", "glm"}
 
     class Runs(dict):
         def __missing__(self, recipe):
-            run_cli(["fit", *tiny_args(recipe, root / recipe)])
+            run_cli(["fit", *tiny_args(recipe, root / recipe, *(("--trainer.max_steps", "10") if recipe in briefly else ()))])
             self[recipe] = root / recipe
             return self[recipe]
 
@@ -76,7 +78,7 @@ def test_pair_layouts_for_encoders_and_causal_models(pretrained_runs):
 
 
 # -- loading pretrained weights ---------------------------------------------------------------------
-@pytest.mark.parametrize("recipe", ["bert", "gpt", "xlnet", "mpnet"])
+@pytest.mark.parametrize("recipe", ["bert", "gpt", "xlnet", "mpnet", "unilm", "glm"])
 def test_finetuning_starts_from_the_pretrained_weights(recipe, pretrained_runs):
     from lit_ptm.tasks import SequenceClassification
 
