@@ -251,6 +251,9 @@ class BlankFiller:
         if max_new_tokens + 1 >= self.stack.config.max_position_embeddings:
             raise ConfigError(f"--max_new_tokens={max_new_tokens}: a span's block positions exceed the model's "
                               f"{self.stack.config.max_position_embeddings} positions")
+        longest = max(len(p) for p in prompts)  # Part A's positions; Part B's tokens take their blank's
+        if longest > self.stack.config.max_length:
+            raise ConfigError(f"a prompt of {longest} tokens (framed) exceeds the model's {self.stack.config.max_length} positions")
 
     def generate(self, prompts: list[list[int]], config: GenerationConfig) -> list[list[int]]:
         """Each prompt (Part A: framed token ids) with its blanks filled, without the frame's first and last token."""

@@ -142,6 +142,32 @@ def test_document_blank_is_one_suffix_of_half_to_all_but_two(windows):
     assert min(ks) < 0.6 and max(ks) > 0.9  # spread over the range
 
 
+def test_an_unknown_token_in_the_text_is_text_to_every_variant(windows):
+    """[UNK] (a rare character) is special to the tokenizer but part of the text: the selectors take the text as
+    one run, so a [gMASK] suffix stays one span, token spans reach the text's end, and a one-sentence window
+    holding an [UNK] is still blanked (a batch of only such rows once had nothing to predict)."""
+    tok, samples = windows
+    ids = tok.ids
+    text = [40, 41, ids.unk, 42, 43, 44, 45, 46, 47, ids.unk, 48, 49]
+    sample = {"ids": torch.tensor([ids.cls, *text, ids.sep]), "word_start": torch.ones(len(text) + 2, dtype=torch.bool),
+              "document": torch.zeros(len(text) + 2, dtype=torch.long), "sentence": torch.tensor([0] + [1] * len(text) + [2]),
+              "epoch": 0}
+    rows = [{**sample, "index": i} for i in range(200)]
+    reached_end = 0
+    for variant in VARIANTS:
+        collator = GLMCollator(ids, seed=5, probabilities=ONLY[variant])
+        _, span_id, _ = collator.spans(rows, variant)
+        assert (span_id[:, 0] == 0).all() and (span_id[:, -1] == 0).all()  # never the frame
+        if variant == "document":  # one suffix, whole
+            for row in span_id:
+                k = int((row > 0).sum())
+                assert row.max() == 1 and (row[len(text) + 1 - k : len(text) + 1] == 1).all()
+        if variant == "token":
+            reached_end = int((span_id[:, len(text)] > 0).sum())  # the last text token is blanked in some rows
+        assert (collator(rows[:1])["labels"] != -100).any()  # a lone row always has something to predict
+    assert reached_end > 0
+
+
 def test_variants_mix_per_batch_and_batches_are_a_function_of_seed_epoch_index(windows):
     tok, samples = windows
     collator = GLMCollator(tok.ids, seed=0)  # 0.5 / 0.3 / 0.2

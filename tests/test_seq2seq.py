@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import run_cli, scalars
+from lit_ptm.errors import ConfigError
 from lit_ptm.nn import ModelConfig
 from lit_ptm.objectives import BART, MASS, MPNet, T5, CausalLM, MaskedLM, UniLM, XLNet
 
@@ -301,3 +302,17 @@ def test_the_built_in_demo_task_is_a_docstring_summary(runs, tmp_path, cache_dir
     full = {k: {json.loads(line)["id"] for line in Path(files[k]).read_text().splitlines()} for k in ("train", "val", "test")}
     assert 2000 <= sum(map(len, full.values())) <= 2500
     assert all({e["id"] for e in rows} <= full[k] for k, rows in splits.items())
+
+
+def test_a_fresh_glm_or_unilm_layout_needs_the_tables_its_inputs_index():
+    """Without a pretrained run, objective GLM / UniLM lays out block positions / segments 4-5: a config without
+    the block position table or six segment rows is refused (the embeddings would drop them silently)."""
+    from lit_ptm.tasks import Seq2Seq
+
+    with pytest.raises(ConfigError, match="model.objective=GLM lays out 2D positions"):
+        Seq2Seq(objective="GLM", config=ModelConfig(vocab_size=50, hidden_size=32, num_layers=1, num_heads=2)).architecture()
+    with pytest.raises(ConfigError, match="type_vocab_size=2 must be at least 6"):
+        Seq2Seq(objective="UniLM", config=ModelConfig(vocab_size=50, hidden_size=32, num_layers=1, num_heads=2,
+                                                      type_vocab_size=2)).architecture()
+    assert Seq2Seq(objective="GLM", config=ModelConfig(vocab_size=50, hidden_size=32, num_layers=1, num_heads=2,
+                                                       block_position_embedding=True)).architecture().block_position_embedding

@@ -266,3 +266,9 @@ def test_recipe_logs_each_sub_task_and_generates_from_the_cli(tmp_path, cache_di
         assert scalars(root, tag), tag
     for mode in ("l2r", "seq2seq"):
         assert main(["--ckpt_path", str(root), "--prompt", "the import statement", "--max_new_tokens", "5", "--mode", mode]) == 0
+
+
+def test_one_row_a_device_is_refused_while_nsp_is_in_the_mix(tmp_path, cache_dir):
+    """NotNext takes another row's B: at batch size 1 NSP would only ever see IsNext."""
+    with pytest.raises(ValueError, match="data.batch_size=1: UniLM's NSP takes a NotNext B from another row"):
+        run_cli(["fit", *tiny_args("unilm", tmp_path / "one", "--data.init_args.batch_size", "1", "--trainer.max_steps", "1")])

@@ -70,6 +70,13 @@ class UniLM(MaskedLM):
 
         return DataRecipe(packings=("sop_pairs",), collator=collator, name="the UniLM objective")  # contiguous; NSP in the collator
 
+    def configure_model(self) -> None:
+        dm = self._datamodule()
+        if dm is not None and getattr(dm, "batch_size", 2) < 2 and self.mix.bidirectional > 0:
+            raise ConfigError(f"data.batch_size={dm.batch_size}: UniLM's NSP takes a NotNext B from another row of the batch; "
+                              "with one row a device NSP only ever sees IsNext (use data.batch_size >= 2, or model.mix.bidirectional 0)")
+        super().configure_model()
+
     generation_modes = ("l2r", "seq2seq")
 
     def generation(self, mode: str, ids):

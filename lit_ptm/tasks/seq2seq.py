@@ -106,6 +106,13 @@ class Seq2Seq(FinetuneTask):
         config = super().architecture()
         if reading:
             self._take_layout(self._run)
+        # A fresh model in GLM's or UniLM's layout needs the tables its inputs index (the embeddings would
+        # silently drop block positions or segment ids without them).
+        if self.objective == "GLM" and not config.block_position_embedding:
+            raise ConfigError("model.objective=GLM lays out 2D positions: set model.config.block_position_embedding true")
+        if self.objective == "UniLM" and config.type_vocab_size < 6:
+            raise ConfigError(f"model.objective=UniLM reads source and target as segments 4 and 5: model.config.type_vocab_size="
+                              f"{config.type_vocab_size} must be at least 6")
         return config
 
     def _take_layout(self, run) -> None:
@@ -352,7 +359,8 @@ class Seq2Seq(FinetuneTask):
         tokenizer = self.trainer.datamodule.tokenizer
         if self.glm:  # the span written into the source's [gMASK]
             filler = BlankFiller(self, tokenizer.ids, self.transformer, self.lm_head)
-            return [tokenizer.hf.decode(spans[0]) for spans in filler.spans(sources, self.generation)]
+            # The last blank: the target's [gMASK] (a source may hold blank tokens of its own, filled on the way).
+            return [tokenizer.hf.decode(spans[-1]) for spans in filler.spans(sources, self.generation)]
         generator = self.generator()
         texts = []
         for new in generator.generate(sources, self.generation):

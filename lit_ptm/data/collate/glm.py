@@ -55,7 +55,11 @@ class GLMCollator:
     def spans(self, samples: list[dict], variant: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(window ids [B, L], span ids [B, L] (1..S per row, in position order), span order scores [B, L])."""
         ids = pad_windows(samples, "ids", self.ids.pad)  # [B, L]
-        candidate = ~self.is_special[ids]  # the text: not [CLS] / [SEP], not padding
+        # The text: every real token between the frame's [CLS] and [SEP], an [UNK] included (the selectors take
+        # the text as one unbroken run: with [UNK] left out, a [gMASK] "suffix" came in pieces, spans covered
+        # the [UNK]s as if they were not there, and a sentence holding one could never be blanked).
+        real = torch.arange(ids.size(1)) < torch.tensor([len(s["ids"]) for s in samples])[:, None]
+        candidate = real & (ids != self.ids.cls) & (ids != self.ids.sep)
         # Rows: span places (or sentence keys), span lengths (and the suffix's), Part B's order.
         noise = sample_noise(samples, self.seed, 3, ids.size(1))
         if variant == "token":
