@@ -207,6 +207,7 @@ def model_for_generation(module, pad_id: int, start_id: int | None = None) -> Ca
     """A pretraining objective as the search sees it: a causal LM (``module.causal``) or an encoder-decoder
     (``EncoderDecoderLM``, whose decoder starts from ``start_id``: ``module.decoder_start_id(tokenizer.ids)``)."""
     from lit_ptm.objectives.encoder_decoder import EncoderDecoderLM
+    from lit_ptm.objectives.glm import GLM
 
     if isinstance(module, EncoderDecoderLM):
         if start_id is None:
@@ -218,7 +219,7 @@ def model_for_generation(module, pad_id: int, start_id: int | None = None) -> Ca
     if getattr(module, "generation_modes", None):
         raise ConfigError(f"a {type(module).__name__} run generates in a mode ({', '.join(module.generation_modes)}): "
                           "Generator(module.generation(mode, tokenizer.ids)[0], ...)")
-    if type(module).__name__ == "GLM":
+    if isinstance(module, GLM):
         raise ConfigError("a GLM run fills the blanks of its prompts: use lit_ptm.generate.BlankFiller(module, tokenizer.ids)")
     if not getattr(module, "causal", False):
         raise ConfigError(f"generation needs a causal LM or an encoder-decoder; this run is a {type(module).__name__}, "

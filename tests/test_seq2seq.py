@@ -309,9 +309,9 @@ def test_a_fresh_glm_or_unilm_layout_needs_the_tables_its_inputs_index():
     the block position table or six segment rows is refused (the embeddings would drop them silently)."""
     from lit_ptm.tasks import Seq2Seq
 
-    with pytest.raises(ConfigError, match="model.objective=GLM lays out 2D positions"):
+    with pytest.raises(ConfigError, match="block_position_embedding=false: GLM's 2D positions need the second position table"):
         Seq2Seq(objective="GLM", config=ModelConfig(vocab_size=50, hidden_size=32, num_layers=1, num_heads=2)).architecture()
-    with pytest.raises(ConfigError, match="type_vocab_size=2 must be at least 6"):
+    with pytest.raises(ConfigError, match=r"model.config.type_vocab_size >= 6 \(got 2\)"):
         Seq2Seq(objective="UniLM", config=ModelConfig(vocab_size=50, hidden_size=32, num_layers=1, num_heads=2,
                                                       type_vocab_size=2)).architecture()
     assert Seq2Seq(objective="GLM", config=ModelConfig(vocab_size=50, hidden_size=32, num_layers=1, num_heads=2,

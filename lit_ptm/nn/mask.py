@@ -96,16 +96,16 @@ class AttentionMask:
             mask = docs_q[:, None, :, None] == docs_k[:, None, None, :]  # (B, 1, Lq, Lk)
         elif self.padding is not None:
             mask = self.padding[:, None, None, :k_len].expand(-1, 1, q_len, -1)  # (B, 1, Lq, Lk)
-        if self.causal:
+        if self.causal or self.anticausal:
             q_pos = torch.arange(offset, offset + q_len, device=device)[:, None]
             k_pos = torch.arange(k_len, device=device)[None, :]
+        if self.causal:
             allowed = k_pos <= q_pos  # (Lq, Lk)
             if self.prefix_length is not None:  # bidirectional prefix: every query sees all of it
                 allowed = (allowed | (k_pos[None] < self.prefix_length[:, None, None]))[:, None]  # (B, 1, Lq, Lk)
             mask = allowed if mask is None else mask & allowed
         if self.anticausal:
-            q_pos = torch.arange(offset, offset + q_len, device=device)[:, None]
-            allowed = torch.arange(k_len, device=device)[None, :] >= q_pos  # (Lq, Lk)
+            allowed = k_pos >= q_pos  # (Lq, Lk)
             mask = allowed if mask is None else mask & allowed
         if self.explicit is not None:
             explicit = self.explicit[:, None]  # (B, 1, Lq, Lk)
@@ -175,8 +175,8 @@ class RelativeDistances:
 
     table [2D-1, H]: the sinusoid of the distances d = -(D-1) .. D-1 (row d + D - 1), dropout applied;
     index [B or 1, Lq, Lk] long: the table row of query i and key j, position(i) - position(j) + D - 1;
-    other_segment [B, 1, Lq, Lk] bool: i and j lie in different segments (None: no segments given,
-        so no segment term, as in XLNet)."""
+    other_segment [B, 1, Lq, Lk] bool: i and j lie in different segments (None: no segments given, all in
+        one: the same-segment term on every key, a constant per row, so the weights are XLNet's without it)."""
 
     table: torch.Tensor
     index: torch.Tensor

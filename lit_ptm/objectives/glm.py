@@ -42,15 +42,20 @@ class GLM(PretrainObjective):
         if sentence_probability + document_probability > 1.0:
             raise ConfigError(f"model.sentence_probability={sentence_probability} + model.document_probability="
                               f"{document_probability} exceed 1 (the rest is the token-span variant's)")
+        self.require_architecture(config)
+        self.mask_ratio, self.poisson_mean, self.max_span_length = mask_ratio, poisson_mean, max_span_length
+        self.probabilities = (1.0 - sentence_probability - document_probability, sentence_probability, document_probability)
+        super().__init__(config, optim, pretrained, compile)
+
+    @staticmethod
+    def require_architecture(config: ModelConfig) -> None:
+        """What GLM's inputs index (also asked by a fresh Seq2Seq in GLM's layout)."""
         if not config.block_position_embedding:
             raise ConfigError("model.config.block_position_embedding=false: GLM's 2D positions need the second position "
                               "table (set it true, as configs/glm.yaml does)")
         if config.position_embedding != "learned":
             raise ConfigError(f"model.config.position_embedding={config.position_embedding!r}: GLM's 2D positions are "
                               "learned tables (position_embedding: learned)")
-        self.mask_ratio, self.poisson_mean, self.max_span_length = mask_ratio, poisson_mean, max_span_length
-        self.probabilities = (1.0 - sentence_probability - document_probability, sentence_probability, document_probability)
-        super().__init__(config, optim, pretrained, compile)
 
     def data_recipe(self) -> DataRecipe:
         from lit_ptm.data.collate import GLMCollator

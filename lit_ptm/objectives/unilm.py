@@ -57,12 +57,17 @@ class UniLM(MaskedLM):
     def __init__(self, config: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig(), mlm_probability: float = 0.15,
                  mix: TaskMix = TaskMix(), pretrained: str | None = None, compile: bool = False):
         self.mix = TaskMix(**mix) if isinstance(mix, dict) else mix
+        self.require_architecture(config)
+        super().__init__(config, optim, mlm_probability, whole_word_mask=False, max_ngram=1, pair_task="nsp",
+                         pretrained=pretrained, compile=compile)
+
+    @staticmethod
+    def require_architecture(config: ModelConfig) -> None:
+        """What UniLM's inputs index (also asked by a fresh Seq2Seq in UniLM's layout)."""
         needed = max(b for a, b in SEGMENTS.values()) + 1
         if config.type_vocab_size < needed:
             raise ConfigError(f"UniLM gives each sub-task segment ids of its own (0 .. {needed - 1}): it needs "
                               f"model.config.type_vocab_size >= {needed} (got {config.type_vocab_size})")
-        super().__init__(config, optim, mlm_probability, whole_word_mask=False, max_ngram=1, pair_task="nsp",
-                         pretrained=pretrained, compile=compile)
 
     def data_recipe(self) -> DataRecipe:
         def collator(ids, seed, isolate_documents):

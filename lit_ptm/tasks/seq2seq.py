@@ -106,13 +106,10 @@ class Seq2Seq(FinetuneTask):
         config = super().architecture()
         if reading:
             self._take_layout(self._run)
-        # A fresh model in GLM's or UniLM's layout needs the tables its inputs index (the embeddings would
-        # silently drop block positions or segment ids without them).
-        if self.objective == "GLM" and not config.block_position_embedding:
-            raise ConfigError("model.objective=GLM lays out 2D positions: set model.config.block_position_embedding true")
-        if self.objective == "UniLM" and config.type_vocab_size < 6:
-            raise ConfigError(f"model.objective=UniLM reads source and target as segments 4 and 5: model.config.type_vocab_size="
-                              f"{config.type_vocab_size} must be at least 6")
+        # A fresh model in GLM's or UniLM's layout needs the tables its inputs index, as the objective does (the
+        # embeddings would silently drop block positions or segment ids without them).
+        if self.objective in OWN_LAYOUTS:
+            getattr(objectives, self.objective).require_architecture(config)
         return config
 
     def _take_layout(self, run) -> None:
